@@ -1,0 +1,3 @@
+from gpufabric.cli import main
+
+raise SystemExit(main())

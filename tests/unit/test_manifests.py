@@ -1,0 +1,127 @@
+"""Reading manifests from files: every problem in every file is reported at once, with its place, and a
+bad input loads nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gpufabric.cli import main
+from gpufabric.manifests import ManifestError, load
+
+NODE = """apiVersion: gpufabric.io/v1alpha1
+kind: ComputeNode
+metadata:
+  name: {name}
+spec:
+  nodeName: {node}
+  vendor: nvidia
+  accelerator: H100-SXM5-80GB
+  devices: 8
+"""
+WORKLOAD = """apiVersion: gpufabric.io/v1alpha1
+kind: AgentWorkload
+metadata:
+  name: chat
+  namespace: agents
+spec:
+  model: {name: m, parametersBillions: 8}
+  replicas: REPLICAS
+  runtimes:
+    nvidia: {image: vllm}
+"""
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def problems_of(*paths: Path) -> list[str]:
+    with pytest.raises(ManifestError) as caught:
+        load(paths)
+    return caught.value.problems
+
+
+def test_a_directory_loads_in_file_order_and_skips_other_kinds(tmp_path: Path) -> None:
+    write(tmp_path, "b.yaml", NODE.format(name="b", node="b"))
+    write(
+        tmp_path,
+        "a.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: agents}\n---\n" + NODE.format(name="a", node="a"),
+    )
+    write(tmp_path, "notes.txt", "not a manifest")
+    fleet = load([tmp_path])
+    assert [n.name for n in fleet.nodes] == ["a", "b"]
+
+
+def test_a_list_object_is_unpacked(tmp_path: Path) -> None:
+    items = "\n".join(
+        "  - " + line if i == 0 else "    " + line
+        for i, line in enumerate(NODE.format(name="x", node="x").splitlines())
+    )
+    path = write(tmp_path, "list.yaml", f"apiVersion: v1\nkind: List\nitems:\n{items}\n")
+    assert [n.name for n in load([path]).nodes] == ["x"]
+
+
+def test_every_problem_in_every_file_is_reported(tmp_path: Path) -> None:
+    bad_yaml = write(tmp_path, "broken.yaml", "kind: [unclosed\n")
+    bad_object = write(tmp_path, "chat.yaml", WORKLOAD.replace("REPLICAS", "-2"))
+    scalar = write(tmp_path, "scalar.yaml", "just a string\n")
+    problems = problems_of(bad_yaml, bad_object, scalar)
+    assert len(problems) == 3
+    assert problems[0].startswith(f"{bad_yaml}: not valid YAML:")
+    assert problems[1] == (
+        f"{bad_object}: AgentWorkload agents/chat: spec.replicas: Input should be greater than or equal to 0"
+    )
+    assert problems[2] == f"{scalar}: expected a Kubernetes object, found str"
+
+
+def test_a_bad_document_is_located_within_its_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "two.yaml",
+        NODE.format(name="ok", node="ok")
+        + "---\n"
+        + NODE.format(name="bad", node="bad").replace("devices: 8", "devices: 0"),
+    )
+    assert problems_of(path) == [
+        f"{path} (document 2): ComputeNode bad: spec.devices: Input should be greater than or equal to 1"
+    ]
+
+
+def test_an_object_declared_twice_is_an_error(tmp_path: Path) -> None:
+    first = write(tmp_path, "1.yaml", WORKLOAD.replace("REPLICAS", "1"))
+    second = write(tmp_path, "2.yaml", WORKLOAD.replace("REPLICAS", "2"))
+    assert problems_of(first, second) == [f"{second}: AgentWorkload agents/chat is already declared in {first}"]
+
+
+def test_one_node_described_twice_is_an_error(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "nodes.yaml",
+        NODE.format(name="cn-1", node="gpu-1") + "---\n" + NODE.format(name="cn-2", node="gpu-1"),
+    )
+    assert problems_of(path) == [
+        f"{path} (document 2): ComputeNode cn-2: spec.nodeName: Node gpu-1 is already described by ComputeNode cn-1"
+    ]
+
+
+def test_a_missing_path_is_named(tmp_path: Path) -> None:
+    assert problems_of(tmp_path / "nope.yaml") == [f"{tmp_path / 'nope.yaml'}: no such file or directory"]
+
+
+def test_validate_command_exits_2_and_lists_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "chat.yaml", WORKLOAD.replace("REPLICAS", '"many"'))
+    assert main(["validate", "-f", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "invalid input (1 problem):" in err
+    assert "spec.replicas: Input should be a valid integer (got 'many')" in err
+
+
+def test_validate_command_summarises_the_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    assert main(["validate", "-f", str(examples)]) == 0
+    assert capsys.readouterr().out == "valid: 20 ComputeNodes (160 devices), 4 AgentWorkloads\n"

@@ -1,0 +1,152 @@
+"""The API models: defaults from the vendor table, selectors, preference order, wire round trips."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gpufabric.api import AgentWorkload, ComputeNode
+from gpufabric.api.common import LabelSelector
+from gpufabric.api.objects import InvalidObjectError, parse
+from gpufabric.vendors import Precision, Vendor
+
+
+def node(**spec: Any) -> ComputeNode:
+    base = {"nodeName": "n1", "vendor": "nvidia", "accelerator": "H100-SXM5-80GB", "devices": 8}
+    return ComputeNode.model_validate(
+        {
+            "apiVersion": "gpufabric.io/v1alpha1",
+            "kind": "ComputeNode",
+            "metadata": {"name": "n1"},
+            "spec": {**base, **spec},
+        }
+    )
+
+
+def workload(**spec: Any) -> AgentWorkload:
+    base = {"model": {"name": "m", "parametersBillions": 8}, "runtimes": {"nvidia": {"image": "vllm"}}}
+    return AgentWorkload.model_validate(
+        {
+            "apiVersion": "gpufabric.io/v1alpha1",
+            "kind": "AgentWorkload",
+            "metadata": {"name": "w"},
+            "spec": {**base, **spec},
+        }
+    )
+
+
+def test_known_accelerator_takes_memory_and_precisions_from_the_table() -> None:
+    spec = node().spec
+    assert spec.memory_per_device_gib == 80
+    assert spec.supported_precisions == {Precision.FP8, Precision.INT8, Precision.BF16, Precision.FP16}
+    assert spec.device_resource_name == "nvidia.com/gpu"
+
+
+def test_declared_values_override_the_table() -> None:
+    spec = node(memoryGiB=94, precisions=["BF16"], resourceName="nvidia.com/gpu-h100").spec
+    assert spec.memory_per_device_gib == 94
+    assert spec.supported_precisions == {Precision.BF16}
+    assert spec.device_resource_name == "nvidia.com/gpu-h100"
+
+
+def test_unknown_accelerator_is_accepted_with_its_facts_declared() -> None:
+    spec = node(accelerator="RTX-6000-Ada", memoryGiB=48, precisions=["FP8", "BF16"]).spec
+    assert spec.memory_per_device_gib == 48
+
+
+@pytest.mark.parametrize(
+    ("vendor", "accelerator", "resource"),
+    [
+        ("nvidia", "H20", "nvidia.com/gpu"),
+        ("mthreads", "MTT-S4000", "mthreads.com/gpu"),
+        ("ascend", "Ascend-910B3", "huawei.com/Ascend910"),
+    ],
+)
+def test_resource_name_defaults_per_vendor(vendor: str, accelerator: str, resource: str) -> None:
+    assert node(vendor=vendor, accelerator=accelerator).spec.device_resource_name == resource
+
+
+def test_selection_labels_lay_spec_labels_over_metadata_labels() -> None:
+    cn = ComputeNode.model_validate(
+        {
+            "metadata": {"name": "n1", "labels": {"pool": "meta", "zone": "z1"}},
+            "spec": {
+                "nodeName": "n1",
+                "vendor": "nvidia",
+                "accelerator": "H20",
+                "devices": 8,
+                "labels": {"pool": "spec"},
+            },
+        }
+    )
+    assert cn.selection_labels == {"pool": "spec", "zone": "z1"}
+
+
+@pytest.mark.parametrize(
+    ("selector", "labels", "matches"),
+    [
+        ({}, {}, True),
+        ({"matchLabels": {"pool": "h100"}}, {"pool": "h100"}, True),
+        ({"matchLabels": {"pool": "h100"}}, {"pool": "b200"}, False),
+        ({"matchExpressions": [{"key": "pool", "operator": "In", "values": ["a", "b"]}]}, {"pool": "b"}, True),
+        ({"matchExpressions": [{"key": "pool", "operator": "In", "values": ["a"]}]}, {}, False),
+        ({"matchExpressions": [{"key": "pool", "operator": "NotIn", "values": ["a"]}]}, {}, True),
+        ({"matchExpressions": [{"key": "pool", "operator": "NotIn", "values": ["a"]}]}, {"pool": "a"}, False),
+        ({"matchExpressions": [{"key": "spot", "operator": "Exists"}]}, {"spot": ""}, True),
+        ({"matchExpressions": [{"key": "spot", "operator": "DoesNotExist"}]}, {"spot": ""}, False),
+    ],
+)
+def test_label_selector_has_kubernetes_semantics(
+    selector: dict[str, Any], labels: dict[str, str], matches: bool
+) -> None:
+    assert LabelSelector.model_validate(selector).matches(labels) is matches
+
+
+def test_vendor_order_puts_preferences_first_then_the_rest_in_table_order() -> None:
+    spec = workload(
+        runtimes={"nvidia": {"image": "a"}, "ascend": {"image": "b"}, "mthreads": {"image": "c"}},
+        vendorPreference=["ascend"],
+    ).spec
+    assert spec.vendor_order == (Vendor.ASCEND, Vendor.NVIDIA, Vendor.MTHREADS)
+
+
+def test_workload_defaults() -> None:
+    spec = workload().spec
+    assert spec.replicas == 1
+    assert spec.devices_per_replica == "auto"
+    assert spec.nodes_per_replica == 1
+    assert spec.precisions == [Precision.BF16, Precision.FP16]
+    assert spec.model.context_length == 8192
+    assert spec.metrics_or_default.generation_tokens_counter == "vllm:generation_tokens_total"
+
+
+def test_wire_round_trip_keeps_every_field() -> None:
+    original = workload(devicesPerReplica=16, nodesPerReplica=2, placement={"roceDomains": ["a"], "spread": "None"})
+    again = AgentWorkload.model_validate(original.wire())
+    assert again == original
+    assert original.wire()["spec"]["devicesPerReplica"] == 16
+
+
+def test_booleans_are_not_numbers() -> None:
+    with pytest.raises(InvalidObjectError) as caught:
+        parse(workload().wire() | {"spec": {**workload().wire()["spec"], "devicesPerReplica": True}})
+    assert caught.value.problems == ("spec.devicesPerReplica: must be 'auto' or an integer from 1 to 512",)
+
+
+def test_wrong_api_version_and_kind_are_named() -> None:
+    with pytest.raises(InvalidObjectError, match=r"apiVersion: Unsupported value: 'gpufabric.io/v1'"):
+        parse({"apiVersion": "gpufabric.io/v1", "kind": "ComputeNode", "metadata": {"name": "x"}})
+    with pytest.raises(InvalidObjectError, match=r"kind: Unsupported value: 'GpuNode'"):
+        parse({"apiVersion": "gpufabric.io/v1alpha1", "kind": "GpuNode", "metadata": {"name": "x"}})
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    document = workload().wire()
+    document["spec"]["replicas"] = -1
+    document["spec"]["nodesPerReplica"] = 0
+    document["spec"]["model"]["parametersBillions"] = "big"
+    with pytest.raises(InvalidObjectError) as caught:
+        parse(document)
+    paths = sorted(problem.split(":")[0] for problem in caught.value.problems)
+    assert paths == ["spec.model.parametersBillions", "spec.nodesPerReplica", "spec.replicas"]
