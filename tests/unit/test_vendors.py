@@ -62,7 +62,9 @@ def _vendor_strings() -> set[str]:
         strings |= {facts.resource_name, facts.plugin_visible_devices_env, facts.runtime_visible_devices_env}
         strings |= {facts.collective.socket_interface_env, *facts.taint_keys, facts.discovery.presence_key}
         strings |= {v for v in (facts.collective.rdma_devices_env, facts.collective.gid_index_env) if v}
-    return strings
+    # A plain word such as Ascend's `accelerator` label key is also ordinary vocabulary; qualified names
+    # (domain/name, dotted, env-style) are what must not be spelled twice.
+    return {s for s in strings if any(c in s for c in "/._") or s.isupper()}
 
 
 def test_no_module_but_the_table_spells_a_vendor_fact() -> None:

@@ -179,6 +179,15 @@ def _vendor_keys(value: Any) -> Any:
     return value
 
 
+class Architecture(WireModel):
+    """The attention shape that sets KV-cache size per token (from the model's config.json:
+    num_hidden_layers, num_key_value_heads, head_dim)."""
+
+    layers: Annotated[int, Field(strict=True, ge=1, le=1024)]
+    kv_heads: Annotated[int, Field(strict=True, ge=1, le=1024)]
+    head_dim: Annotated[int, Field(strict=True, ge=1, le=4096)]
+
+
 class ModelSpec(WireModel):
     """The model served. Its size and context decide how many devices one replica needs."""
 
@@ -193,6 +202,10 @@ class ModelSpec(WireModel):
     )
     served_name: Annotated[str, StringConstraints(min_length=1, max_length=253)] | None = Field(
         default=None, description="Name clients use in API calls; defaults to `name`."
+    )
+    architecture: Architecture | None = Field(
+        default=None,
+        description="Attention shape for exact KV-cache sizing; estimated from parametersBillions when unset.",
     )
 
 

@@ -1,0 +1,293 @@
+"""Place a queue of replicas in one pass: the decision procedure.
+
+Replicas choose in order (priority, then age, then name). Each takes the option with the best score:
+
+    score = value − scarcity × shadow_price(class) × devices + value × (node and domain terms)
+
+where value is predicted tokens/s weighed by preference (candidates.py) and the node and domain terms
+are best fit, busier-domain-first and spreading (weights.py). The shadow price is what the pass's own
+demand says a device of that class is worth: the value per device of the first replica that would not fit
+if every pending replica asked for it (the critical item of the capacity constraint's LP relaxation). It
+steers flexible replicas away from capacity that others can only use, without ever refusing a replica
+that fits: a replica is refused only when no eligible node (or RoCE domain, for a gang) has room.
+
+A replica is all or nothing: a gang's nodes are found before anything is allocated, and `Snapshot.allocate`
+checks every node again, so a device is never promised twice.
+
+Preemption seam: the engine never evicts. A preemptor would take a refused replica, pick lower-priority
+victims from the snapshot, `release` them, run `place` for the refused replica, and `allocate` the
+victims back if that does not help — the snapshot's release/allocate pair is the what-if it needs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+
+from gpufabric.api.agentworkload import SpreadPolicy
+from gpufabric.placement.candidates import Candidate, candidates_for
+from gpufabric.placement.estimates import ThroughputSource
+from gpufabric.placement.explain import explain
+from gpufabric.placement.requests import ReplicaRequest, WorkloadRequest
+from gpufabric.placement.snapshot import BucketIndex, NodeState, Snapshot
+from gpufabric.placement.weights import Weights
+from gpufabric.vendors import Precision, Vendor
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where one replica goes. `nodes` lists ComputeNodes, rank 0 first."""
+
+    workload: str
+    replica: int
+    vendor: Vendor
+    accelerator: str
+    precision: Precision
+    devices_per_node: int
+    nodes: tuple[str, ...]
+    tokens_per_second: float
+    value: float
+
+    @property
+    def devices(self) -> int:
+        return self.devices_per_node * len(self.nodes)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    workload: str
+    replica: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class PlacementResult:
+    decisions: tuple[Decision, ...]
+    refusals: tuple[Refusal, ...]
+
+    @property
+    def value(self) -> float:
+        return sum(d.value for d in self.decisions)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return sum(d.tokens_per_second for d in self.decisions)
+
+
+@dataclass
+class _Plan:
+    """One workload's options for this pass, worked out once for all its replicas."""
+
+    request: WorkloadRequest
+    candidates: list[Candidate]
+    view: BucketIndex
+    selected: Callable[[NodeState], bool]
+    domain_allowed: Callable[[NodeState], bool]
+    # candidates with their price-adjusted worth, best upper bound first
+    ranked: list[tuple[float, float, Candidate]] = field(default_factory=list)
+    refusal: str | None = None
+
+
+def place(
+    snapshot: Snapshot,
+    requests: Sequence[ReplicaRequest],
+    source: ThroughputSource,
+    weights: Weights | None = None,
+) -> PlacementResult:
+    """Decide for every request, allocating in `snapshot` as it goes."""
+    weights = weights or Weights()
+    ordered = sorted(requests, key=lambda r: r.order)
+    plans: dict[str, _Plan] = {}
+    for request in ordered:
+        if request.workload.key not in plans:
+            plans[request.workload.key] = _plan(snapshot, request.workload, source, weights)
+    prices = shadow_prices(snapshot, ordered, plans)
+    bonus_room = weights.packing + weights.domain_packing
+    for plan in plans.values():
+        worth = [(c.value - weights.scarcity * prices[c.class_id] * c.devices, c) for c in plan.candidates]
+        plan.ranked = sorted(
+            ((effective + c.value * bonus_room, effective, c) for effective, c in worth), key=lambda t: -t[0]
+        )
+
+    decisions: list[Decision] = []
+    refusals: list[Refusal] = []
+    for request in ordered:
+        plan = plans[request.workload.key]
+        if plan.refusal is None:
+            choice = _choose(snapshot, plan, weights)
+            if choice is not None:
+                candidate, nodes = choice
+                snapshot.allocate(request.workload.key, nodes, candidate.devices_per_node)
+                decisions.append(_decision(request, candidate, nodes))
+                continue
+            # Free devices only shrink during a pass, so the workload's later replicas fail the same way.
+            plan.refusal = explain(snapshot, plan.request.spec, plan.candidates, plan.selected, plan.domain_allowed)
+        refusals.append(Refusal(request.workload.key, request.replica, plan.refusal))
+    return PlacementResult(tuple(decisions), tuple(refusals))
+
+
+def _decision(request: ReplicaRequest, candidate: Candidate, nodes: tuple[str, ...]) -> Decision:
+    return Decision(
+        workload=request.workload.key,
+        replica=request.replica,
+        vendor=candidate.node_class.vendor,
+        accelerator=candidate.node_class.accelerator,
+        precision=candidate.precision,
+        devices_per_node=candidate.devices_per_node,
+        nodes=nodes,
+        tokens_per_second=candidate.tokens_per_second,
+        value=candidate.value,
+    )
+
+
+def _plan(snapshot: Snapshot, request: WorkloadRequest, source: ThroughputSource, weights: Weights) -> _Plan:
+    spec = request.spec
+    selector = spec.placement.node_selector if spec.placement else None
+    domains = frozenset(spec.placement.roce_domains) if spec.placement and spec.placement.roce_domains else None
+
+    def selected(node: NodeState) -> bool:
+        return selector is None or selector.matches(dict(node.labels))
+
+    def domain_allowed(node: NodeState) -> bool:
+        return domains is None or node.domain in domains
+
+    key: Hashable = None
+    if selector is not None or domains is not None:
+        key = (json.dumps(selector.wire() if selector else None, sort_keys=True), tuple(sorted(domains or ())))
+    view = snapshot.view(key, lambda node: selected(node) and domain_allowed(node))
+    return _Plan(request, candidates_for(spec, snapshot.classes, source, weights), view, selected, domain_allowed)
+
+
+def shadow_prices(snapshot: Snapshot, requests: Sequence[ReplicaRequest], plans: dict[str, _Plan]) -> list[float]:
+    """Per node class, what a device of it is worth to the pass's own demand, 0 where supply covers it.
+
+    Each pending replica asks for its best option that exists now; what it would lose by taking its
+    second-best (on another class) instead, per device, is its regret. Ranking the asks on a class by
+    regret, the price lies between the last ask that fits and the first that does not. A replica taking contended
+    capacity pays that price per device, so one with nearly as good an option elsewhere moves there and
+    leaves the capacity to replicas that would lose more without it."""
+    supply = snapshot.class_free()
+    demand: list[list[tuple[float, int]]] = [[] for _ in snapshot.classes]
+    asks: dict[str, tuple[Candidate, float] | None] = {}
+    for request in requests:
+        key = request.workload.key
+        if key not in asks:
+            plan = plans[key]
+            # Only options that exist now count: a gang no domain can hold asks for nothing.
+            options = [c for c in plan.candidates if _could_fit(plan.view, c)]
+            if not options:
+                asks[key] = None
+            else:
+                best = options[0]
+                second = next((c.value for c in options if c.class_id != best.class_id), 0.0)
+                asks[key] = (best, (best.value - second) / best.devices)
+        ask = asks[key]
+        if ask is not None:
+            candidate, regret = ask
+            demand[candidate.class_id].append((regret, candidate.devices))
+    prices = [0.0] * len(snapshot.classes)
+    for class_id, entries in enumerate(demand):
+        wanted = 0
+        last_fitting = float("inf")
+        for regret, devices in sorted(entries, key=lambda e: -e[0]):
+            wanted += devices
+            if wanted > supply[class_id]:
+                # Any price between the last ask that fits and the first that does not clears the class;
+                # the midpoint makes the first one strictly prefer its alternative instead of tying.
+                prices[class_id] = regret if last_fitting == float("inf") else (regret + last_fitting) / 2
+                break
+            last_fitting = regret
+    return prices
+
+
+def _could_fit(view: BucketIndex, candidate: Candidate) -> bool:
+    """Whether some domain has `candidate.nodes` eligible nodes with room, right now."""
+    for domain in view.domains(candidate.class_id):
+        nodes = view.at_least(candidate.class_id, domain, candidate.devices_per_node)
+        if any(found >= candidate.nodes for found, _ in enumerate(nodes, start=1)):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class _Scorer:
+    """Scores one workload's options on nodes and domains (the terms after `value ×` in the module doc)."""
+
+    snapshot: Snapshot
+    workload: str
+    spread: SpreadPolicy
+    weights: Weights
+
+    def domain_term(self, domain: str | None) -> float:
+        devices = self.snapshot.domain_devices[domain]
+        busy = 1.0 - self.snapshot.domain_free[domain] / devices if devices else 0.0
+        term = self.weights.domain_packing * busy
+        replicas_here = self.snapshot.domain_replicas.get(domain)
+        if self.spread is SpreadPolicy.ROCE_DOMAIN and replicas_here and replicas_here[self.workload] > 0:
+            term -= self.weights.spread
+        return term
+
+    def node_term(self, free: int, node: NodeState, candidate: Candidate) -> tuple[float, bool]:
+        fit = 1.0 - (free - candidate.devices_per_node) / candidate.node_class.devices
+        # The penalty grows with each replica already there: a third replica goes to a node with one, not two.
+        same = node.replicas.get(self.workload, 0) if self.spread is not SpreadPolicy.NONE else 0
+        return self.weights.packing * fit - self.weights.spread * same, same > 0
+
+    def best_node(
+        self, view: BucketIndex, candidate: Candidate, domain: str | None
+    ) -> tuple[float, tuple[str, ...]] | None:
+        """Best fit in the domain, skipping nodes that already run this workload while others fit."""
+        best: tuple[float, tuple[str, ...]] | None = None
+        nodes = view.at_least(candidate.class_id, domain, candidate.devices_per_node)
+        for looked, (free, node) in enumerate(nodes, start=1):
+            term, conflict = self.node_term(free, node, candidate)
+            if best is None or term > best[0]:
+                best = (term, (node.name,))
+            # Nodes come best fit first: the first one without a conflict cannot be beaten further on.
+            if not conflict or looked >= self.weights.scan_limit:
+                break
+        return best
+
+    def best_gang(
+        self, view: BucketIndex, candidate: Candidate, domain: str | None
+    ) -> tuple[float, tuple[str, ...]] | None:
+        """`candidate.nodes` distinct nodes of one domain, best fit first, preferring nodes without this
+        workload; None when the domain has too few."""
+        needed = candidate.nodes
+        clean: list[tuple[float, str]] = []
+        conflicted: list[tuple[float, str]] = []
+        for free, node in view.at_least(candidate.class_id, domain, candidate.devices_per_node):
+            term, conflict = self.node_term(free, node, candidate)
+            (conflicted if conflict else clean).append((term, node.name))
+            if len(clean) >= needed or len(clean) + len(conflicted) >= needed + self.weights.scan_limit:
+                break
+        chosen = (clean + conflicted)[:needed]
+        if len(chosen) < needed:
+            return None
+        return sum(term for term, _ in chosen) / needed, tuple(name for _, name in chosen)
+
+
+def _choose(snapshot: Snapshot, plan: _Plan, weights: Weights) -> tuple[Candidate, tuple[str, ...]] | None:
+    placement = plan.request.spec.placement
+    scorer = _Scorer(snapshot, plan.request.key, placement.spread if placement else SpreadPolicy.NODE, weights)
+    best_score = float("-inf")
+    best: tuple[Candidate, tuple[str, ...]] | None = None
+    for bound, effective, candidate in plan.ranked:
+        if best is not None and bound <= best_score:
+            break
+        for domain in plan.view.domains(candidate.class_id):
+            domain_term = scorer.domain_term(domain)
+            if best is not None and effective + candidate.value * (weights.packing + domain_term) <= best_score:
+                continue
+            if candidate.nodes == 1:
+                found = scorer.best_node(plan.view, candidate, domain)
+            else:
+                found = scorer.best_gang(plan.view, candidate, domain)
+            if found is None:
+                continue
+            node_term, nodes = found
+            score = effective + candidate.value * (node_term + domain_term)
+            if score > best_score:
+                best_score, best = score, (candidate, nodes)
+    return best

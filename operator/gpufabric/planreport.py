@@ -1,0 +1,100 @@
+"""`gpufabric plan` output: a table for people, JSON or YAML for tools. Formatting only."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from gpufabric.placement.engine import Decision
+from gpufabric.placement.plan import FleetPlan
+
+
+def as_document(plan: FleetPlan) -> dict[str, Any]:
+    def replica(decision: Decision, state: str) -> dict[str, Any]:
+        return {
+            "workload": decision.workload,
+            "replica": decision.replica,
+            "state": state,
+            "vendor": decision.vendor.value,
+            "accelerator": decision.accelerator,
+            "precision": decision.precision.value,
+            "devicesPerNode": decision.devices_per_node,
+            "nodes": list(decision.nodes),
+            "tokensPerSecond": round(decision.tokens_per_second, 1),
+        }
+
+    return {
+        "placements": [replica(d, "running") for d in plan.running] + [replica(d, "new") for d in plan.placed],
+        "unschedulable": [{"workload": r.workload, "replica": r.replica, "reason": r.reason} for r in plan.refused],
+        "orphaned": [{"workload": o.workload, "replica": o.replica, "nodes": list(o.nodes)} for o in plan.orphaned],
+        "totals": {
+            "tokensPerSecond": round(plan.tokens_per_second, 1),
+            "vendors": [
+                {
+                    "vendor": v.vendor.value,
+                    "devices": v.devices,
+                    "devicesUsed": v.devices_used,
+                    "tokensPerSecond": round(v.tokens_per_second, 1),
+                }
+                for v in plan.vendors
+            ],
+        },
+    }
+
+
+def as_json(plan: FleetPlan) -> str:
+    return json.dumps(as_document(plan), indent=2) + "\n"
+
+
+def as_yaml(plan: FleetPlan) -> str:
+    return yaml.safe_dump(as_document(plan), sort_keys=False)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=False)]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+
+
+def as_table(plan: FleetPlan) -> str:
+    lines: list[str] = []
+    rows = [
+        [
+            d.workload,
+            str(d.replica),
+            state,
+            d.vendor.value,
+            d.accelerator,
+            d.precision.value,
+            f"{d.devices_per_node}x{len(d.nodes)}" if len(d.nodes) > 1 else str(d.devices_per_node),
+            ",".join(d.nodes),
+            f"{d.tokens_per_second:,.0f}",
+        ]
+        for state, decisions in (("running", plan.running), ("new", plan.placed))
+        for d in decisions
+    ]
+    header = ["WORKLOAD", "REPLICA", "STATE", "VENDOR", "ACCELERATOR", "PRECISION", "DEVICES", "NODES", "TOKENS/S"]
+    lines += _table(header, rows) if rows else ["no replicas placed"]
+    if plan.refused:
+        lines += ["", "UNSCHEDULABLE"]
+        lines += [f"  {r.workload} replica {r.replica}: {r.reason}" for r in plan.refused]
+    if plan.orphaned:
+        lines += ["", "ORPHANED (status names nodes no ComputeNode describes)"]
+        lines += [f"  {o.workload} replica {o.replica} on {','.join(o.nodes)}" for o in plan.orphaned]
+    totals = [[v.vendor.value, f"{v.devices_used}/{v.devices}", f"{v.tokens_per_second:,.0f}"] for v in plan.vendors]
+    totals.append(
+        [
+            "total",
+            f"{sum(v.devices_used for v in plan.vendors)}/{sum(v.devices for v in plan.vendors)}",
+            f"{plan.tokens_per_second:,.0f}",
+        ]
+    )
+    lines += ["", *_table(["VENDOR", "DEVICES USED", "PREDICTED TOKENS/S"], totals)]
+    return "\n".join(lines) + "\n"
+
+
+FORMATS = {"table": as_table, "json": as_json, "yaml": as_yaml}
