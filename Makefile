@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## The main job on the embedded example fleet (a summary until the placement engine lands).
+## The main job on the embedded example fleet: where every example replica goes, and the fleet totals.
 run: install
-	$(BIN)/gpufabric validate -f examples/
+	$(BIN)/gpufabric plan -f examples/
 
 ## The whole suite: lint, types, import contracts, CRD freshness, tests.
 test: install lint typecheck imports crds-check unit

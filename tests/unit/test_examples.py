@@ -42,7 +42,7 @@ def test_examples_load_as_models() -> None:
         ("c", "MTT-S4000"): 4,
     }
     workloads = {w.name: w.spec for w in fleet.workloads}
-    assert set(workloads) == {"agent-small", "reasoning-70b", "frontier-405b", "support-agent"}
+    assert set(workloads) == {"agent-small", "reasoning-70b", "frontier-405b", "support-agent", "code-agent"}
     assert len(workloads["agent-small"].runtimes) == 3
     assert workloads["reasoning-70b"].precisions[0].value == "FP8"
     assert workloads["frontier-405b"].nodes_per_replica == 2

@@ -124,4 +124,4 @@ def test_validate_command_exits_2_and_lists_problems(tmp_path: Path, capsys: pyt
 def test_validate_command_summarises_the_examples(capsys: pytest.CaptureFixture[str]) -> None:
     examples = Path(__file__).resolve().parents[2] / "examples"
     assert main(["validate", "-f", str(examples)]) == 0
-    assert capsys.readouterr().out == "valid: 20 ComputeNodes (160 devices), 4 AgentWorkloads\n"
+    assert capsys.readouterr().out == "valid: 20 ComputeNodes (160 devices), 5 AgentWorkloads\n"
