@@ -2,14 +2,14 @@
 
 Replicas choose in order (priority, then age, then name). Each takes the option with the best score:
 
-    score = value − scarcity × shadow_price(class) × devices + value × (node and domain terms)
+    score = value − scarcity × shadow_price(class) × claimed devices + value × (node and domain terms)
 
 where value is predicted tokens/s weighed by preference (candidates.py) and the node and domain terms
-are best fit, busier-domain-first and spreading (weights.py). The shadow price is what the pass's own
-demand says a device of that class is worth: the value per device of the first replica that would not fit
-if every pending replica asked for it (the critical item of the capacity constraint's LP relaxation). It
-steers flexible replicas away from capacity that others can only use, without ever refusing a replica
-that fits: a replica is refused only when no eligible node (or RoCE domain, for a gang) has room.
+are best fit, busier-domain-first and spreading (weights.py). The shadow price (prices.py) is what the
+pass's remaining demand says a device of that class is worth — zero while the class can hold everyone who
+wants it — and follows each decision. It steers flexible replicas away from capacity that others can
+only use, without ever refusing a replica that fits: a replica is refused only when no eligible node (or
+RoCE domain, for a gang) has room.
 
 A replica is all or nothing: a gang's nodes are found before anything is allocated, and `Snapshot.allocate`
 checks every node again, so a device is never promised twice.
@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gpufabric.api.agentworkload import SpreadPolicy
 from gpufabric.placement.candidates import Candidate, candidates_for
 from gpufabric.placement.estimates import ThroughputSource
 from gpufabric.placement.explain import explain
+from gpufabric.placement.prices import Ask, Market
 from gpufabric.placement.requests import ReplicaRequest, WorkloadRequest
 from gpufabric.placement.snapshot import BucketIndex, NodeState, Snapshot
 from gpufabric.placement.weights import Weights
@@ -84,8 +85,6 @@ class _Plan:
     view: BucketIndex
     selected: Callable[[NodeState], bool]
     domain_allowed: Callable[[NodeState], bool]
-    # candidates with their price-adjusted worth, best upper bound first
-    ranked: list[tuple[float, float, Candidate]] = field(default_factory=list)
     refusal: str | None = None
 
 
@@ -102,25 +101,21 @@ def place(
     for request in ordered:
         if request.workload.key not in plans:
             plans[request.workload.key] = _plan(snapshot, request.workload, source, weights)
-    prices = shadow_prices(snapshot, ordered, plans)
-    bonus_room = weights.packing + weights.domain_packing
-    for plan in plans.values():
-        worth = [(c.value - weights.scarcity * prices[c.class_id] * c.devices, c) for c in plan.candidates]
-        plan.ranked = sorted(
-            ((effective + c.value * bonus_room, effective, c) for effective, c in worth), key=lambda t: -t[0]
-        )
+    market = Market(snapshot.class_free(), _asks(ordered, plans))
 
     decisions: list[Decision] = []
     refusals: list[Refusal] = []
-    for request in ordered:
+    for index, request in enumerate(ordered):
         plan = plans[request.workload.key]
+        choice = _choose(snapshot, plan, market, weights) if plan.refusal is None else None
+        market.withdraw(index)
+        if choice is not None:
+            candidate, nodes = choice
+            snapshot.allocate(request.workload.key, nodes, candidate.devices_per_node)
+            market.take(candidate.class_id, candidate.devices)
+            decisions.append(_decision(request, candidate, nodes))
+            continue
         if plan.refusal is None:
-            choice = _choose(snapshot, plan, weights)
-            if choice is not None:
-                candidate, nodes = choice
-                snapshot.allocate(request.workload.key, nodes, candidate.devices_per_node)
-                decisions.append(_decision(request, candidate, nodes))
-                continue
             # Free devices only shrink during a pass, so the workload's later replicas fail the same way.
             plan.refusal = explain(snapshot, plan.request.spec, plan.candidates, plan.selected, plan.domain_allowed)
         refusals.append(Refusal(request.workload.key, request.replica, plan.refusal))
@@ -159,46 +154,37 @@ def _plan(snapshot: Snapshot, request: WorkloadRequest, source: ThroughputSource
     return _Plan(request, candidates_for(spec, snapshot.classes, source, weights), view, selected, domain_allowed)
 
 
-def shadow_prices(snapshot: Snapshot, requests: Sequence[ReplicaRequest], plans: dict[str, _Plan]) -> list[float]:
-    """Per node class, what a device of it is worth to the pass's own demand, 0 where supply covers it.
-
-    Each pending replica asks for its best option that exists now; what it would lose by taking its
-    second-best (on another class) instead, per device, is its regret. Ranking the asks on a class by
-    regret, the price lies between the last ask that fits and the first that does not. A replica taking contended
-    capacity pays that price per device, so one with nearly as good an option elsewhere moves there and
-    leaves the capacity to replicas that would lose more without it."""
-    supply = snapshot.class_free()
-    demand: list[list[tuple[float, int]]] = [[] for _ in snapshot.classes]
-    asks: dict[str, tuple[Candidate, float] | None] = {}
-    for request in requests:
+def _asks(requests: Sequence[ReplicaRequest], plans: dict[str, _Plan]) -> dict[int, Ask]:
+    """What each pending replica asks of the market (prices.py): its best option that exists now, and
+    what it would lose per claimed device by taking its best option on another class instead."""
+    per_workload: dict[str, Ask | None] = {}
+    asks: dict[int, Ask] = {}
+    for index, request in enumerate(requests):
         key = request.workload.key
-        if key not in asks:
+        if key not in per_workload:
             plan = plans[key]
             # Only options that exist now count: a gang no domain can hold asks for nothing.
             options = [c for c in plan.candidates if _could_fit(plan.view, c)]
-            if not options:
-                asks[key] = None
-            else:
+            if options:
                 best = options[0]
                 second = next((c.value for c in options if c.class_id != best.class_id), 0.0)
-                asks[key] = (best, (best.value - second) / best.devices)
-        ask = asks[key]
+                per_workload[key] = Ask(best.class_id, (best.value - second) / _claim(best), _claim(best))
+            else:
+                per_workload[key] = None
+        ask = per_workload[key]
         if ask is not None:
-            candidate, regret = ask
-            demand[candidate.class_id].append((regret, candidate.devices))
-    prices = [0.0] * len(snapshot.classes)
-    for class_id, entries in enumerate(demand):
-        wanted = 0
-        last_fitting = float("inf")
-        for regret, devices in sorted(entries, key=lambda e: -e[0]):
-            wanted += devices
-            if wanted > supply[class_id]:
-                # Any price between the last ask that fits and the first that does not clears the class;
-                # the midpoint makes the first one strictly prefer its alternative instead of tying.
-                prices[class_id] = regret if last_fitting == float("inf") else (regret + last_fitting) / 2
-                break
-            last_fitting = regret
-    return prices
+            asks[index] = ask
+    return asks
+
+
+def _claim(candidate: Candidate) -> int:
+    """Devices an ask takes out of its class's supply.
+
+    A gang claims its devices, not whole nodes: claiming whole nodes priced small gangs out of classes
+    that could hold several of them (measured: 99.0 % vs 99.3 % of the optimum on 300 instances), at the
+    cost of not seeing that best-fit packing of single-node replicas can leave a later gang of the same
+    class without enough nodes with room."""
+    return candidate.devices
 
 
 def _could_fit(view: BucketIndex, candidate: Candidate) -> bool:
@@ -268,18 +254,42 @@ class _Scorer:
         return sum(term for term, _ in chosen) / needed, tuple(name for _, name in chosen)
 
 
-def _choose(snapshot: Snapshot, plan: _Plan, weights: Weights) -> tuple[Candidate, tuple[str, ...]] | None:
+def _choose(
+    snapshot: Snapshot, plan: _Plan, market: Market, weights: Weights
+) -> tuple[Candidate, tuple[str, ...]] | None:
     placement = plan.request.spec.placement
     scorer = _Scorer(snapshot, plan.request.key, placement.spread if placement else SpreadPolicy.NODE, weights)
+    prices: dict[int, float] = {}
+    ranked = []
+    for candidate in plan.candidates:
+        if candidate.class_id not in prices:
+            prices[candidate.class_id] = market.price(candidate.class_id)
+        effective = candidate.value - weights.scarcity * prices[candidate.class_id] * _claim(candidate)
+        ranked.append((effective + candidate.value * (weights.packing + weights.domain_packing), effective, candidate))
+    ranked.sort(key=lambda option: -option[0])
+
     best_score = float("-inf")
     best: tuple[Candidate, tuple[str, ...]] | None = None
-    for bound, effective, candidate in plan.ranked:
+    domain_terms: dict[str | None, float] = {}
+    for bound, effective, candidate in ranked:
         if best is not None and bound <= best_score:
             break
+        # Each domain's best possible score, from its tightest fitting node: search the most promising
+        # first and stop where none can beat what was found.
+        options = []
         for domain in plan.view.domains(candidate.class_id):
-            domain_term = scorer.domain_term(domain)
-            if best is not None and effective + candidate.value * (weights.packing + domain_term) <= best_score:
+            tightest = plan.view.tightest(candidate.class_id, domain, candidate.devices_per_node)
+            if tightest is None:
                 continue
+            domain_term = domain_terms.get(domain)
+            if domain_term is None:
+                domain_term = domain_terms[domain] = scorer.domain_term(domain)
+            fit = 1.0 - (tightest - candidate.devices_per_node) / candidate.node_class.devices
+            options.append((effective + candidate.value * (weights.packing * fit + domain_term), domain, domain_term))
+        options.sort(key=lambda option: -option[0])
+        for domain_bound, domain, domain_term in options:
+            if best is not None and domain_bound <= best_score:
+                break
             if candidate.nodes == 1:
                 found = scorer.best_node(plan.view, candidate, domain)
             else:

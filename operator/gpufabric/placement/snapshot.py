@@ -72,6 +72,8 @@ class BucketIndex:
     def __init__(self, nodes: Iterable[NodeState]) -> None:
         self.buckets: dict[tuple[int, str | None], list[dict[str, NodeState]]] = {}
         self.members: set[str] = set()
+        # class id -> its domains in this index, sorted (None, "no domain", first)
+        self._domains: dict[int, list[str | None]] = {}
         for node in nodes:
             self.members.add(node.name)
             self._insert(node)
@@ -82,6 +84,9 @@ class BucketIndex:
         if slots is None:
             slots = [{} for _ in range(node.node_class.devices + 1)]
             self.buckets[key] = slots
+            domains = self._domains.setdefault(node.class_id, [])
+            domains.append(node.domain)
+            domains.sort(key=lambda d: d or "")
         return slots
 
     def _insert(self, node: NodeState) -> None:
@@ -96,7 +101,16 @@ class BucketIndex:
         self._insert(node)
 
     def domains(self, class_id: int) -> list[str | None]:
-        return sorted((d for c, d in self.buckets if c == class_id), key=lambda d: d or "")
+        return self._domains.get(class_id, [])
+
+    def tightest(self, class_id: int, domain: str | None, devices: int) -> int | None:
+        """The fewest free devices, at least `devices`, that a node of the class in the domain has."""
+        slots = self.buckets.get((class_id, domain))
+        if slots:
+            for free in range(devices, len(slots)):
+                if slots[free]:
+                    return free
+        return None
 
     def at_least(self, class_id: int, domain: str | None, devices: int) -> Iterator[tuple[int, NodeState]]:
         """(free, node) for nodes with at least `devices` free, fullest first (best fit)."""
