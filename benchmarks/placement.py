@@ -16,6 +16,7 @@ The last line printed is a one-line summary.
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import statistics
 import sys
@@ -306,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{r.peak_mib:.1f}",
                 f"{r.baseline_rate:,.0f}",
                 f"{r.speedup:.1f}x",
-                f"{r.value_ratio:.2f}x",
+                "n/a" if math.isnan(r.value_ratio) else f"{r.value_ratio:.2f}x",
             ]
             for r in rows
         ],

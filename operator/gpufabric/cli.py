@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ import yaml
 from gpufabric import __version__
 from gpufabric.api import crdgen
 from gpufabric.manifests import Fleet, ManifestError, load
-from gpufabric.placement import PriorThroughput
+from gpufabric.placement import PriorThroughput, Weights
 from gpufabric.placement.plan import plan_fleet
 from gpufabric.planreport import FORMATS
 from gpufabric.vendors import ACCELERATORS
@@ -74,11 +75,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_weights(pairs: Sequence[str]) -> Weights:
+    """`name=value` pairs over the default Weights; raises ValueError naming the bad pair."""
+    known = {f.name: f.type for f in dataclasses.fields(Weights)}
+    overrides: dict[str, float | int] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or name not in known:
+            raise ValueError(f"--weight {pair!r}: expected NAME=VALUE with NAME one of {', '.join(known)}")
+        try:
+            overrides[name] = int(raw) if known[name] in (int, "int") else float(raw)
+        except ValueError:
+            raise ValueError(f"--weight {pair!r}: {raw!r} is not a number") from None
+    return Weights(**overrides)  # type: ignore[arg-type]
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
+    try:
+        weights = parse_weights(args.weight)
+    except ValueError as error:
+        print(f"invalid input: {error}", file=sys.stderr)
+        return EXIT_INVALID_INPUT
     fleet = _load_or_report(args.filename)
     if fleet is None:
         return EXIT_INVALID_INPUT
-    plan = plan_fleet(fleet.nodes, fleet.workloads, PriorThroughput(dict(ACCELERATORS)))
+    plan = plan_fleet(fleet.nodes, fleet.workloads, PriorThroughput(dict(ACCELERATORS)), weights)
     sys.stdout.write(FORMATS[args.output](plan))
     # Unschedulable replicas are an answer, not an error.
     return 0
@@ -112,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="file or directory of ComputeNode and AgentWorkload manifests (repeatable)",
     )
     plan.add_argument("-o", "--output", choices=sorted(FORMATS), default="table", help="output format")
+    plan.add_argument(
+        "--weight",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a placement weight (see gpufabric.placement.weights.Weights), repeatable",
+    )
     plan.set_defaults(handler=cmd_plan)
     return parser
 

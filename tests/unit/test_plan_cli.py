@@ -102,3 +102,29 @@ def test_invalid_files_exit_2_and_name_the_field(tmp_path: Path, capsys: pytest.
     assert code == 2
     assert out == ""
     assert "spec.devices: Input should be greater than or equal to 1" in err
+
+
+def test_weights_can_be_overridden(capsys: pytest.CaptureFixture[str]) -> None:
+    _, preferred, _ = plan(capsys, "-f", str(EXAMPLES), "-o", "json")
+    _, indifferent, _ = plan(capsys, "-f", str(EXAMPLES), "-o", "json", "--weight", "vendor_preference_decay=1")
+    vendors = {r["vendor"] for r in json.loads(preferred)["placements"] if r["workload"] == "agents/agent-small"}
+    assert vendors == {"ascend"}
+    # Without the preference's weight, tokens/s alone decides: the small model goes to NVIDIA.
+    vendors = {r["vendor"] for r in json.loads(indifferent)["placements"] if r["workload"] == "agents/agent-small"}
+    assert vendors == {"nvidia"}
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("bogus=1", "--weight 'bogus=1': expected NAME=VALUE with NAME one of vendor_preference_decay"),
+        ("spread=lots", "--weight 'spread=lots': 'lots' is not a number"),
+        ("spread=-1", "spread must not be negative"),
+        ("scan_limit=0", "scan_limit must be at least 1"),
+    ],
+)
+def test_bad_weights_exit_2_with_the_reason(capsys: pytest.CaptureFixture[str], flag: str, message: str) -> None:
+    code, out, err = plan(capsys, "-f", str(EXAMPLES), "--weight", flag)
+    assert code == 2
+    assert out == ""
+    assert message in err
