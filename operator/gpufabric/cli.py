@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,6 +107,28 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_operator(args: argparse.Namespace) -> int:
+    # Imported here: the operator's dependencies (kopf, the API client) are not needed by the other commands.
+    from gpufabric.controller.run import Operator, OperatorOptions, default_api_client  # noqa: PLC0415
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    options = OperatorOptions(
+        namespaces=[] if args.all_namespaces else list(args.namespace or []),
+        metrics_port=args.metrics_port,
+        health_port=args.health_port,
+        discover_nodes=args.discover_nodes,
+        node_grace_seconds=args.node_grace,
+        leader_election=not args.no_leader_election,
+    )
+    if args.lease_namespace:
+        options.lease_namespace = args.lease_namespace
+    operator = Operator(options, default_api_client())
+    asyncio.run(operator.run())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpufabric",
@@ -141,6 +165,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a placement weight (see gpufabric.placement.weights.Weights), repeatable",
     )
     plan.set_defaults(handler=cmd_plan)
+
+    run = commands.add_parser("operator", help="run the operator against the cluster in KUBECONFIG or in-cluster")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--namespace", action="append", metavar="NS", help="watch AgentWorkloads in this namespace (repeatable)"
+    )
+    scope.add_argument("--all-namespaces", action="store_true", help="watch every namespace (the default)")
+    run.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    run.add_argument("--health-port", type=int, default=None, help="serve /healthz on this port")
+    run.add_argument(
+        "--discover-nodes",
+        action="store_true",
+        help="create and update ComputeNodes from Nodes' vendor labels and capacity",
+    )
+    run.add_argument(
+        "--node-grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a Node may be NotReady before its replicas move (default 30)",
+    )
+    run.add_argument(
+        "--no-leader-election", action="store_true", help="skip the Lease (only when exactly one instance runs)"
+    )
+    run.add_argument(
+        "--lease-namespace",
+        default=None,
+        help="namespace of the leader-election Lease (default: $POD_NAMESPACE or gpufabric-system)",
+    )
+    run.add_argument("-v", "--verbose", action="store_true")
+    run.set_defaults(handler=cmd_operator)
     return parser
 
 

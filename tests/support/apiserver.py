@@ -146,7 +146,7 @@ class SchemaValidator:
                     built = self._program(rule["messageExpression"]).evaluate({"self": json_to_cel(value)})
                     if isinstance(built, str):
                         message = str(built)
-                where = _path(path) + rule.get("fieldPath", "")
+                where = (_path(path) + rule.get("fieldPath", "")).lstrip(".")
                 errors.append(f"{where}: {message}")
         return errors
 

@@ -29,6 +29,7 @@ from gpufabric.api.common import (
     ShortText,
     WireModel,
     cel_list,
+    cel_pattern,
     keys_matching,
 )
 from gpufabric.api.computenode import DomainName
@@ -404,7 +405,29 @@ class AgentWorkloadStatus(WireModel):
     tokens_per_second: TokensPerSecond | None = None
 
 
+# Pods are named `<workload>-<replica>-<rank>` and double as hostnames, and `<workload>` and
+# `<workload>-<replica>` name Services: all must be DNS-1035 labels of at most 63 characters.
+MAX_WORKLOAD_NAME = 50
+WORKLOAD_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+WORKLOAD_NAME_MESSAGE = (
+    f"metadata.name must start with a letter, hold only lowercase letters, digits and '-', and be at most "
+    f"{MAX_WORKLOAD_NAME} characters: it names the workload's Services and pods"
+)
+
+
 class AgentWorkload(WireModel):
+    crd_rules = (
+        Rule(
+            cel=f"self.metadata.name.matches({cel_pattern(WORKLOAD_NAME_PATTERN)}) && "
+            f"size(self.metadata.name) <= {MAX_WORKLOAD_NAME}",
+            holds=lambda w: (
+                bool(re.fullmatch(WORKLOAD_NAME_PATTERN, w.metadata.name)) and len(w.metadata.name) <= MAX_WORKLOAD_NAME
+            ),
+            message=WORKLOAD_NAME_MESSAGE,
+            field_path=".metadata.name",
+        ),
+    )
+
     api_version: Literal["gpufabric.io/v1alpha1"] = GROUP_VERSION  # type: ignore[assignment]
     kind: Literal["AgentWorkload"] = "AgentWorkload"
     metadata: ObjectMeta

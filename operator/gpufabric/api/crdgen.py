@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from gpufabric.api.agentworkload import AgentWorkloadSpec, AgentWorkloadStatus
+from gpufabric.api.agentworkload import AgentWorkload, AgentWorkloadSpec, AgentWorkloadStatus
 from gpufabric.api.common import API_GROUP, API_VERSION
 from gpufabric.api.computenode import ComputeNodeSpec, ComputeNodeStatus
 
@@ -62,6 +62,8 @@ class Kind:
     printer_columns: tuple[PrinterColumn, ...]
     # JSONPaths of the scale subresource, when the kind has one: (spec replicas, status replicas, selector).
     scale: tuple[str, str, str] | None = None
+    # Rules over the whole object (metadata included), from the full model's crd_rules.
+    root: type[BaseModel] | None = None
 
     @property
     def crd_name(self) -> str:
@@ -112,6 +114,7 @@ KINDS: tuple[Kind, ...] = (
             PrinterColumn("Age", "date", ".metadata.creationTimestamp", "Time since creation"),
         ),
         scale=(".spec.replicas", ".status.replicas", ".status.selector"),
+        root=AgentWorkload,
     ),
 )
 
@@ -217,7 +220,7 @@ def _enum_type(values: list[Any], path: str) -> str:
 
 
 def object_schema(kind: Kind) -> JsonSchema:
-    return {
+    schema: JsonSchema = {
         "type": "object",
         "description": kind.description,
         "required": ["spec"],
@@ -229,6 +232,10 @@ def object_schema(kind: Kind) -> JsonSchema:
             "status": structural_schema(kind.status),
         },
     }
+    rules = getattr(kind.root, "crd_rules", ()) if kind.root else ()
+    if rules:
+        schema["x-kubernetes-validations"] = [rule.as_validation() for rule in rules]
+    return schema
 
 
 def custom_resource_definition(kind: Kind) -> dict[str, Any]:

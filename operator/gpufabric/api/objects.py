@@ -79,7 +79,7 @@ def _lines(detail: ErrorDetails) -> list[str]:
     path = camel_path(tuple(part for part in detail["loc"] if part != "[key]"))
     if detail["type"] == "rule":
         broken: tuple[tuple[str, str], ...] = (detail.get("ctx") or {})["broken"]
-        return [f"{path + field_path or '<root>'}: {message}" for field_path, message in broken]
+        return [f"{(path + field_path).lstrip('.') or '<root>'}: {message}" for field_path, message in broken]
     return [f"{path or '<root>'}: {_message(detail)}"]
 
 

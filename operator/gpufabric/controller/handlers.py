@@ -1,0 +1,122 @@
+"""kopf handlers: thin. Indexes turn watched objects into core data; event handlers wake the reconciler;
+discovery turns Nodes into ComputeNodes. Nothing here decides anything.
+
+No handler adds a finalizer or stores progress on objects (only indexes and on.event are used), so
+deleting any object is never blocked by the operator: pods and Services go with their AgentWorkload
+through ownerReferences and the garbage collector.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from gpufabric.api import labels
+from gpufabric.api.common import API_GROUP, API_VERSION
+from gpufabric.api.computenode import ComputeNode
+from gpufabric.controller.reconciler import Reconciler
+from gpufabric.reconcile import NodeHealth, discovery
+from gpufabric.reconcile.observe import NotOurs, agent_workload, compute_node, node_health, owned_service, pod_record
+
+log = logging.getLogger(__name__)
+MANAGED = {labels.MANAGED_BY: labels.MANAGER}
+
+
+def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, *, discover_nodes: bool = False) -> None:
+    """Register every handler on `registry` (a fresh one per operator, so tests can run several)."""
+
+    @kopf.on.startup(registry=registry)
+    async def bind_indexes(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+        # kopf hands every index to every handler; startup handlers get them before they are filled,
+        # and they stay the same live objects afterwards.
+        reconciler.bind({name: kwargs[name] for name in kwargs if name.startswith("gf_")})
+        settings.posting.level = logging.WARNING
+
+    # --- indexes ---------------------------------------------------------------------------------------
+
+    @kopf.index("pods", labels=MANAGED, registry=registry)
+    def gf_pods(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[str, Any]:
+        try:
+            return {f"{namespace}/{name}": pod_record(body)}
+        except NotOurs as error:
+            log.warning("%s", error)
+            return {f"{namespace}/{name}": str(error)}
+
+    @kopf.index("nodes", registry=registry)
+    def gf_nodes(body: kopf.Body, name: str, **_: Any) -> dict[str, Any]:
+        return {name: node_health(body)}
+
+    @kopf.index(API_GROUP, API_VERSION, "computenodes", registry=registry)
+    def gf_compute_nodes(body: kopf.Body, name: str, **_: Any) -> dict[str, Any]:
+        parsed = compute_node(body)
+        if not isinstance(parsed, ComputeNode):
+            log.warning("ComputeNode %s is invalid and ignored: %s", name, "; ".join(parsed))
+        return {name: parsed}
+
+    @kopf.index(API_GROUP, API_VERSION, "agentworkloads", registry=registry)
+    def gf_workloads(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[str, Any]:
+        return {f"{namespace}/{name}": agent_workload(body)}
+
+    @kopf.index("services", labels=MANAGED, registry=registry)
+    def gf_services(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[str, Any] | None:
+        owned = owned_service(body)
+        return {f"{namespace}/{name}": owned} if owned else None
+
+    # --- wake the reconciler on anything that can change a decision ----------------------------------------
+
+    def wake(**_: Any) -> None:
+        reconciler.indexes_ready()  # resource handlers run only once every index is filled
+        reconciler.trigger()
+
+    kopf.on.event("pods", labels=MANAGED, registry=registry)(wake)
+
+    seen: dict[str, NodeHealth] = {}
+
+    @kopf.on.event("nodes", registry=registry)
+    def node_changed(body: kopf.Body, name: str, type: str | None, **_: Any) -> None:
+        # Kubelets heartbeat their Node status every few seconds; only readiness and capacity matter.
+        health = node_health(body)
+        if type == "DELETED":
+            seen.pop(name, None)
+        elif seen.get(name) == health:
+            return
+        else:
+            seen[name] = health
+        wake()
+
+    kopf.on.event(API_GROUP, API_VERSION, "computenodes", registry=registry)(wake)
+    kopf.on.event(API_GROUP, API_VERSION, "agentworkloads", registry=registry)(wake)
+    kopf.on.event("services", labels=MANAGED, registry=registry)(wake)
+
+    if discover_nodes:
+
+        @kopf.on.event("nodes", registry=registry)
+        async def discover(body: kopf.Body, name: str, type: str | None, **kwargs: Any) -> None:
+            if type == "DELETED" or not reconciler.leadership.leading:
+                return
+            found = discovery.discover(body)
+            if found is None:
+                return
+            if found.problem:
+                log.warning("discovery: %s", found.problem)
+                return
+            current = _current_compute_node(kwargs.get("gf_compute_nodes"), name)
+            if current is None:
+                await reconciler.kube.create_compute_node(discovery.create_body(name, found))
+                return
+            patch = discovery.update_patch(current, found)
+            if patch:
+                await reconciler.kube.patch_compute_node(name, patch)
+
+
+def _current_compute_node(index: Mapping[str, Any] | None, name: str) -> dict[str, Any] | None:
+    if not index or name not in index:
+        return None
+    for value in index[name]:
+        if isinstance(value, ComputeNode):
+            body: dict[str, Any] = value.wire()
+            return body
+    return {"metadata": {"name": name}, "spec": {}}

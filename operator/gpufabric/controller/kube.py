@@ -1,0 +1,260 @@
+"""The operator's writes to the API server, through the official client, with retries.
+
+Every write is idempotent from the operator's point of view: creating what exists (409 AlreadyExists) and
+deleting what is gone (404) count as done, because names are stable and the next pass reconciles from the
+truth anyway. 409 Conflict, 429, 5xx and timeouts are retried with exponential backoff and jitter; anything
+else fails the action, which the reconciler reports and retries on a later pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar, cast
+
+import urllib3
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from gpufabric.api.common import API_GROUP, API_VERSION
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RETRYABLE = frozenset({409, 429, 500, 502, 503, 504})
+REQUEST_TIMEOUT = (5.0, 30.0)
+PLURALS = {"ComputeNode": "computenodes", "AgentWorkload": "agentworkloads"}
+
+
+class WriteFailedError(Exception):
+    def __init__(self, what: str, status: int | None, reason: str) -> None:
+        super().__init__(f"{what}: {status or 'no response'} {reason}")
+        self.what = what
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    first_delay: float = 0.1
+    max_delay: float = 2.0
+
+
+class Kube:
+    """Thin async wrapper: each call runs the blocking client in a worker thread."""
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        retry: RetryPolicy | None = None,
+        on_write: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.api = api_client
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.coordination = client.CoordinationV1Api(api_client)
+        self.retry = retry or RetryPolicy()
+        self.on_write = on_write or (lambda verb, resource: None)
+
+    async def _call(
+        self,
+        what: str,
+        verb: str,
+        resource: str,
+        fn: Callable[[], T],
+        *,
+        ok: frozenset[int] = frozenset(),
+        exists_ok: bool = False,
+    ) -> T | None:
+        delay = self.retry.first_delay
+        for attempt in range(1, self.retry.attempts + 1):
+            try:
+                self.on_write(verb, resource)
+                return await asyncio.to_thread(fn)
+            except ApiException as error:
+                if error.status in ok or (
+                    exists_ok and error.status == 409 and _status_reason(error) == "AlreadyExists"
+                ):
+                    return None
+                if error.status not in RETRYABLE or attempt == self.retry.attempts:
+                    raise WriteFailedError(what, error.status, _reason(error)) from None
+                log.info("%s: %s %s, retrying (%d/%d)", what, error.status, error.reason, attempt, self.retry.attempts)
+            except (urllib3.exceptions.HTTPError, OSError) as error:
+                if attempt == self.retry.attempts:
+                    raise WriteFailedError(what, None, str(error)) from None
+                log.info("%s: %s, retrying (%d/%d)", what, error, attempt, self.retry.attempts)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, self.retry.max_delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- pods and services ----------------------------------------------------------------------------
+
+    async def create_pod(self, manifest: dict[str, Any]) -> None:
+        namespace = manifest["metadata"]["namespace"]
+        await self._call(
+            f"create pod {namespace}/{manifest['metadata']['name']}",
+            "create",
+            "pods",
+            lambda: self.core.create_namespaced_pod(namespace, cast(Any, manifest), _request_timeout=REQUEST_TIMEOUT),
+            exists_ok=True,
+        )
+
+    async def delete_pod(self, namespace: str, name: str, *, force: bool) -> None:
+        await self._call(
+            f"delete pod {namespace}/{name}",
+            "delete",
+            "pods",
+            lambda: self.core.delete_namespaced_pod(
+                name, namespace, grace_period_seconds=0 if force else None, _request_timeout=REQUEST_TIMEOUT
+            ),
+            ok=frozenset({404}),
+        )
+
+    async def create_service(self, manifest: dict[str, Any]) -> None:
+        namespace = manifest["metadata"]["namespace"]
+        await self._call(
+            f"create service {namespace}/{manifest['metadata']['name']}",
+            "create",
+            "services",
+            lambda: self.core.create_namespaced_service(
+                namespace, cast(Any, manifest), _request_timeout=REQUEST_TIMEOUT
+            ),
+            exists_ok=True,
+        )
+
+    async def delete_service(self, namespace: str, name: str) -> None:
+        await self._call(
+            f"delete service {namespace}/{name}",
+            "delete",
+            "services",
+            lambda: self.core.delete_namespaced_service(name, namespace, _request_timeout=REQUEST_TIMEOUT),
+            ok=frozenset({404}),
+        )
+
+    # --- our kinds -------------------------------------------------------------------------------------
+
+    async def patch_status(self, kind: str, namespace: str | None, name: str, status: dict[str, Any]) -> None:
+        plural = PLURALS[kind]
+        body = {"status": status}
+        if namespace is None:
+
+            def call() -> Any:
+                return self.custom.patch_cluster_custom_object_status(
+                    API_GROUP,
+                    API_VERSION,
+                    plural,
+                    name,
+                    body,
+                    _content_type="application/merge-patch+json",
+                    _request_timeout=REQUEST_TIMEOUT,
+                )
+        else:
+
+            def call() -> Any:
+                return self.custom.patch_namespaced_custom_object_status(
+                    API_GROUP,
+                    API_VERSION,
+                    namespace,
+                    plural,
+                    name,
+                    body,
+                    _content_type="application/merge-patch+json",
+                    _request_timeout=REQUEST_TIMEOUT,
+                )
+
+        await self._call(
+            f"patch {kind} {namespace + '/' if namespace else ''}{name} status",
+            "patch",
+            f"{plural}/status",
+            call,
+            ok=frozenset({404}),
+        )
+
+    async def create_compute_node(self, body: dict[str, Any]) -> None:
+        await self._call(
+            f"create ComputeNode {body['metadata']['name']}",
+            "create",
+            "computenodes",
+            lambda: self.custom.create_cluster_custom_object(
+                API_GROUP, API_VERSION, "computenodes", body, _request_timeout=REQUEST_TIMEOUT
+            ),
+            exists_ok=True,
+        )
+
+    async def patch_compute_node(self, name: str, patch: dict[str, Any]) -> None:
+        await self._call(
+            f"patch ComputeNode {name}",
+            "patch",
+            "computenodes",
+            lambda: self.custom.patch_cluster_custom_object(
+                API_GROUP,
+                API_VERSION,
+                "computenodes",
+                name,
+                patch,
+                _content_type="application/merge-patch+json",
+                _request_timeout=REQUEST_TIMEOUT,
+            ),
+            ok=frozenset({404}),
+        )
+
+    # --- events ----------------------------------------------------------------------------------------
+
+    async def event(
+        self,
+        *,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        uid: str | None,
+        type_: str,
+        reason: str,
+        message: str,
+        component: str,
+    ) -> None:
+        now = datetime.now(UTC)
+        where = namespace or "default"
+        body = {
+            "metadata": {"generateName": f"{name}.", "namespace": where},
+            "involvedObject": {
+                "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                "kind": kind,
+                "name": name,
+                **({"namespace": namespace} if namespace else {}),
+                **({"uid": uid} if uid else {}),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": component},
+            "reportingComponent": component,
+            "firstTimestamp": now.isoformat(),
+            "lastTimestamp": now.isoformat(),
+            "count": 1,
+        }
+        await self._call(
+            f"event {reason} on {kind} {name}",
+            "create",
+            "events",
+            lambda: self.core.create_namespaced_event(where, cast(Any, body), _request_timeout=REQUEST_TIMEOUT),
+        )
+
+
+def _status_reason(error: ApiException) -> str | None:
+    """The `reason` of the Status body: AlreadyExists and Conflict are both 409."""
+    try:
+        body = json.loads(error.body) if isinstance(error.body, (str, bytes)) else {}
+    except ValueError:
+        return None
+    reason = body.get("reason") if isinstance(body, dict) else None
+    return str(reason) if reason else None
+
+
+def _reason(error: ApiException) -> str:
+    return str(error.reason or "") + (f": {error.body[:300]}" if isinstance(error.body, str) and error.body else "")

@@ -1,0 +1,120 @@
+"""Assemble and run the operator: kopf for watching, the reconciler for deciding and writing, a Lease for
+having one active instance, Prometheus metrics and a liveness endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+from prometheus_client import start_http_server
+
+from gpufabric.controller.handlers import register
+from gpufabric.controller.kube import Kube
+from gpufabric.controller.leader import Leadership
+from gpufabric.controller.reconciler import LoopSettings, Reconciler
+from gpufabric.exporter import OperatorMetrics
+from gpufabric.reconcile import Settings
+
+log = logging.getLogger(__name__)
+DEFAULT_LEASE_NAMESPACE = "gpufabric-system"
+LEASE_NAME = "gpu-fabric-operator"
+
+
+@dataclass
+class OperatorOptions:
+    namespaces: list[str] = field(default_factory=list)  # empty: all namespaces
+    metrics_port: int | None = None
+    health_port: int | None = None
+    discover_nodes: bool = False
+    node_grace_seconds: float = 30.0
+    leader_election: bool = True
+    lease_namespace: str = field(default_factory=lambda: os.environ.get("POD_NAMESPACE", DEFAULT_LEASE_NAMESPACE))
+    identity: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
+    loop: LoopSettings = field(default_factory=LoopSettings)
+
+
+def default_api_client() -> client.ApiClient:
+    """In a pod, its service account; elsewhere, KUBECONFIG — the same sources kopf logs in with."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = 32
+    return client.ApiClient(configuration)
+
+
+@dataclass
+class Operator:
+    """One operator instance; `run` blocks until `stop` is set."""
+
+    options: OperatorOptions
+    api_client: client.ApiClient
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    login: Callable[..., Any] | None = None
+    registry: kopf.OperatorRegistry = field(default_factory=kopf.OperatorRegistry)
+
+    def __post_init__(self) -> None:
+        self.kube = Kube(
+            self.api_client,
+            on_write=lambda verb, resource: self.metrics.writes.labels(verb=verb, resource=resource).inc(),
+        )
+        self.leadership = (
+            Leadership(self.kube, self.options.lease_namespace, LEASE_NAME, self.options.identity)
+            if self.options.leader_election
+            else Leadership.always()
+        )
+        self.reconciler = Reconciler(
+            kube=self.kube,
+            settings=Settings(node_grace=timedelta(seconds=self.options.node_grace_seconds)),
+            loop=self.options.loop,
+            metrics=self.metrics,
+            leadership=self.leadership,
+        )
+        self.leadership.on_elected = self.reconciler.trigger
+        register(self.registry, self.reconciler, discover_nodes=self.options.discover_nodes)
+        if self.login is not None:
+            kopf.on.login(registry=self.registry)(self.login)
+        tasks: list[asyncio.Task[None]] = []
+        stop = asyncio.Event()
+        self._stop = stop
+
+        @kopf.on.startup(registry=self.registry)
+        async def start_loops(**_: Any) -> None:
+            tasks.append(asyncio.create_task(self.leadership.run(stop), name="gpufabric-lease"))
+            tasks.append(asyncio.create_task(self.reconciler.run(stop), name="gpufabric-reconciler"))
+
+        @kopf.on.cleanup(registry=self.registry)
+        async def stop_loops(**_: Any) -> None:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        @kopf.on.probe(id="reconciler", registry=self.registry)
+        def reconciler_health(**_: Any) -> dict[str, Any]:
+            return {
+                "passes": self.reconciler.passes,
+                "leading": self.leadership.leading,
+                "lastError": self.reconciler.last_error,
+            }
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        if self.options.metrics_port is not None:
+            start_http_server(self.options.metrics_port, registry=self.metrics.registry)
+        liveness = f"http://0.0.0.0:{self.options.health_port}/healthz" if self.options.health_port else None
+        await kopf.operator(
+            registry=self.registry,
+            clusterwide=not self.options.namespaces,
+            namespaces=self.options.namespaces,
+            standalone=True,  # one active instance comes from our Lease, not kopf's peering
+            liveness_endpoint=liveness,
+            stop_flag=stop,
+        )

@@ -1,0 +1,85 @@
+"""What one reconcile pass knows about the cluster: plain data, built from the operator's indexes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from gpufabric.api.agentworkload import AgentWorkload
+from gpufabric.api.common import Condition
+from gpufabric.api.computenode import ComputeNode
+from gpufabric.vendors import Precision, Vendor
+
+
+@dataclass(frozen=True)
+class PodRecord:
+    """One pod the operator owns, as its labels and annotations describe it. The allocation ledger is the
+    set of these: rebuilt from the cluster after a restart, it is exactly what was allocated."""
+
+    namespace: str
+    name: str
+    workload: str
+    replica: int
+    rank: int
+    compute_node: str
+    devices: int
+    replica_nodes: tuple[str, ...]
+    vendor: Vendor
+    accelerator: str
+    precision: Precision
+    template_hash: str
+    ready: bool = False
+    terminating: bool = False
+    # kube-scheduler could not place it (PodScheduled=False, reason Unschedulable); its message
+    unschedulable: str | None = None
+
+    @property
+    def workload_key(self) -> str:
+        return f"{self.namespace}/{self.workload}"
+
+
+@dataclass(frozen=True)
+class NodeHealth:
+    """A Kubernetes Node's readiness, and since when (the Ready condition's lastTransitionTime)."""
+
+    ready: bool
+    since: datetime | None = None
+    # what the device plugins advertise (status.allocatable), by resource name
+    allocatable: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OwnedService:
+    workload: str
+    replica: int | None = None
+
+
+@dataclass(frozen=True)
+class InvalidWorkload:
+    """An AgentWorkload the models refuse (the API server's schema normally stops these first)."""
+
+    namespace: str
+    name: str
+    uid: str | None
+    generation: int | None
+    problems: tuple[str, ...]
+    # its current conditions, so the status is patched (and the event sent) only when something changes
+    conditions: tuple[Condition, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    compute_nodes: Mapping[str, ComputeNode]
+    nodes: Mapping[str, NodeHealth]
+    workloads: Mapping[str, AgentWorkload]
+    pods: tuple[PodRecord, ...]
+    # namespace/name of Services the operator owns -> (workload name, replica index for headless ones)
+    services: Mapping[str, OwnedService]
+    now: datetime
+    invalid_workloads: Mapping[str, InvalidWorkload] = field(default_factory=dict)
+    invalid_compute_nodes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)

@@ -1,0 +1,149 @@
+"""Status as it should read after a pass, and whether it differs from what is stored (no patch if not)."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from gpufabric.api.agentworkload import AgentWorkload, AgentWorkloadStatus, ReplicaPlacement
+from gpufabric.api.common import Condition
+from gpufabric.api.computenode import ComputeNode, ComputeNodeStatus, NodeWorkload
+from gpufabric.reconcile.conditions import Wanted, merge
+from gpufabric.reconcile.ledger import LedgerReplica
+from gpufabric.reconcile.state import NodeHealth
+from gpufabric.rendering.names import selector_string
+from gpufabric.vendors import Vendor
+
+
+@dataclass(frozen=True)
+class WorkloadReport:
+    """What a pass found and did for one workload, for its status."""
+
+    placements: tuple[ReplicaPlacement, ...]
+    ready: int
+    refusal: str | None
+    unready_pods: tuple[str, ...]  # "pod: why" for pods kube-scheduler will not place
+
+
+def workload_status(workload: AgentWorkload, report: WorkloadReport, now: datetime) -> AgentWorkloadStatus:
+    wanted = workload.spec.replicas
+    placed = len(report.placements)
+    current = workload.status or AgentWorkloadStatus()
+    if report.refusal is not None:
+        placed_condition = Wanted("Placed", False, "Unschedulable", report.refusal)
+    elif placed < wanted:
+        placed_condition = Wanted(
+            "Placed",
+            False,
+            "Pending",
+            f"{placed}/{wanted} replicas placed; waiting for replaced or terminating replicas to free their devices",
+        )
+    else:
+        placed_condition = Wanted("Placed", True, "AllReplicasPlaced", f"{placed}/{wanted} replicas placed")
+    if wanted == 0:
+        ready_condition = Wanted("Ready", True, "ScaledToZero", "no replicas requested")
+    elif report.ready >= wanted:
+        ready_condition = Wanted("Ready", True, "AllReplicasReady", f"{report.ready}/{wanted} replicas ready")
+    else:
+        ready_condition = Wanted("Ready", False, "ReplicasNotReady", f"{report.ready}/{wanted} replicas ready")
+    if report.unready_pods:
+        degraded = Wanted("Degraded", True, "PodsUnschedulable", "; ".join(report.unready_pods))
+    elif 0 < report.ready < wanted:
+        degraded = Wanted("Degraded", True, "ReplicasUnavailable", f"{report.ready}/{wanted} replicas ready")
+    else:
+        degraded = Wanted("Degraded", False, "AsExpected", f"{report.ready}/{wanted} replicas ready")
+    conditions = merge(
+        current.conditions, [placed_condition, ready_condition, degraded], workload.metadata.generation, now
+    )
+    vendors = sorted({p.vendor for p in report.placements}, key=lambda v: list(Vendor).index(v))
+    return current.model_copy(
+        update={
+            "observed_generation": workload.metadata.generation,
+            "conditions": conditions,
+            "replicas": placed,
+            "ready_replicas": report.ready,
+            "placements": sorted(report.placements, key=lambda p: p.replica),
+            "unschedulable_reason": report.refusal,
+            "selector": selector_string(workload.name),
+            "vendors": ",".join(v.value for v in vendors) or None,
+        }
+    )
+
+
+def invalid_workload_conditions(
+    existing: Sequence[Condition], problems: Sequence[str], generation: int | None, now: datetime
+) -> list[Condition]:
+    message = "invalid spec: " + "; ".join(problems)
+    return merge(existing, [Wanted("Placed", False, "InvalidSpec", message)], generation, now)
+
+
+def compute_node_status(
+    node: ComputeNode, health: NodeHealth | None, replicas: Sequence[LedgerReplica], now: datetime
+) -> ComputeNodeStatus:
+    spec = node.spec
+    allocated = 0
+    per_workload: Counter[tuple[str, str]] = Counter()
+    for replica in replicas:
+        for name in replica.nodes:
+            if name == node.name:
+                allocated += replica.devices_per_node
+                per_workload[(replica.namespace, replica.workload)] += replica.devices_per_node
+    if health is None:
+        ready = Wanted("Ready", False, "NodeNotFound", f"Node {spec.node_name} does not exist")
+    elif health.ready:
+        ready = Wanted("Ready", True, "NodeReady", f"Node {spec.node_name} is Ready")
+    else:
+        ready = Wanted("Ready", False, "NodeNotReady", f"Node {spec.node_name} is not Ready")
+    advertised = health.allocatable.get(spec.device_resource_name) if health else None
+    if allocated > spec.devices:
+        healthy = Wanted(
+            "Healthy",
+            False,
+            "Overcommitted",
+            f"{allocated} devices allocated of {spec.devices}: replicas placed before a change of spec",
+        )
+    elif advertised is not None and advertised < spec.devices:
+        healthy = Wanted(
+            "Healthy",
+            False,
+            "FewerDevicesAdvertised",
+            f"the device plugin advertises {advertised} {spec.device_resource_name}, "
+            f"the ComputeNode declares {spec.devices}",
+        )
+    elif spec.unschedulable:
+        healthy = Wanted("Healthy", True, "Cordoned", "cordoned: no new replicas; running ones are moved away")
+    else:
+        healthy = Wanted("Healthy", True, "AsDeclared", "devices and placement consistent")
+    current = node.status or ComputeNodeStatus()
+    return current.model_copy(
+        update={
+            "observed_generation": node.metadata.generation,
+            "conditions": merge(current.conditions, [ready, healthy], node.metadata.generation, now),
+            "allocated_devices": allocated,
+            "free_devices": max(spec.devices - allocated, 0),
+            "workloads": [
+                NodeWorkload(namespace=ns, name=name, devices=devices)
+                for (ns, name), devices in sorted(per_workload.items())
+            ],
+        }
+    )
+
+
+def status_patch(before: Any, after: Any) -> dict[str, Any] | None:
+    """The status as a merge patch body, or None when nothing a reader sees would change. A field that is
+    cleared (e.g. unschedulableReason once placed) is sent as null, which removes it."""
+    old: dict[str, Any] = before.wire() if before is not None else {}
+    new: dict[str, Any] = after.wire()
+    changed: dict[str, Any] = {key: value for key, value in new.items() if old.get(key) != value}
+    changed.update({key: None for key in old if key not in new})
+    return changed or None
+
+
+def group_by_workload(replicas: Sequence[LedgerReplica]) -> dict[str, list[LedgerReplica]]:
+    grouped: dict[str, list[LedgerReplica]] = defaultdict(list)
+    for replica in replicas:
+        grouped[replica.workload_key].append(replica)
+    return grouped

@@ -1,0 +1,229 @@
+"""One Pod per rank of a placed replica, correct for its vendor and its place in the RoCE fabric.
+
+What a pod gets, and why:
+- required node affinity on `kubernetes.io/hostname` (not spec.nodeName), so kube-scheduler still checks
+  resources and taints and the device plugin still allocates;
+- the vendor's device resource × devices, tolerations for the vendor's taints;
+- the runtime's image, command, args and env, plus env telling the server what it got (model, precision,
+  parallelism; for gangs its rank and rank 0's address) — set only where the user did not set it;
+- for multi-node replicas on RoCE: the RDMA resource and Multus network the node declares, IPC_LOCK (RDMA
+  pins memory), and the collective library's settings from the node's NICs;
+- a memory-backed /dev/shm (tensor-parallel workers exchange through shared memory), probes on the
+  serving port (rank 0 only: other ranks of a gang run workers without an HTTP server), Prometheus
+  scrape annotations, and a container security context as tight as serving images allow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from gpufabric import vendors
+from gpufabric.api import labels
+from gpufabric.api.agentworkload import AgentWorkload, ReplicaPlacement, Runtime
+from gpufabric.api.computenode import ComputeNodeSpec
+from gpufabric.rendering.names import leader_address, owner_reference, pod_name, replica_service_name, selector_labels
+from gpufabric.rendering.template import template_hash
+
+# Multus reads the networks a pod attaches from this annotation (k8snetworkplumbingwg/multus-cni
+# docs/how-to-use.md).
+MULTUS_NETWORKS = "k8s.v1.cni.cncf.io/networks"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+# torch.distributed's conventional rendezvous port (MASTER_PORT), exposed on rank 0 of a gang.
+RENDEZVOUS_PORT = 29500
+SHM_SIZE = "16Gi"
+# Model loading takes minutes for large models: allow up to 30 minutes before readiness counts.
+STARTUP_PROBE_PERIOD_SECONDS = 10
+STARTUP_PROBE_FAILURES = 180
+TERMINATION_GRACE_SECONDS = 30
+
+
+def render_replica_pods(
+    workload: AgentWorkload, placement: ReplicaPlacement, nodes: Mapping[str, ComputeNodeSpec]
+) -> list[dict[str, Any]]:
+    return [render_pod(workload, placement, rank, nodes) for rank in range(len(placement.nodes))]
+
+
+def render_pod(
+    workload: AgentWorkload, placement: ReplicaPlacement, rank: int, nodes: Mapping[str, ComputeNodeSpec]
+) -> dict[str, Any]:
+    spec = workload.spec
+    runtime = spec.runtimes[placement.vendor]
+    node = nodes[placement.nodes[rank]]
+    facts = vendors.facts(placement.vendor)
+    gang = len(placement.nodes) > 1
+    name = pod_name(workload.name, placement.replica, rank)
+    metrics = spec.metrics_or_default
+    metrics_port = metrics.port or runtime.port
+
+    pod_labels = {
+        **selector_labels(workload.name),
+        labels.NAME: workload.name,
+        labels.INSTANCE: workload.name,
+        labels.COMPONENT: "inference-server",
+        labels.REPLICA: str(placement.replica),
+        labels.RANK: str(rank),
+    }
+    annotations = {
+        labels.COMPUTE_NODE: placement.nodes[rank],
+        labels.DEVICES: str(placement.devices_per_node),
+        labels.REPLICA_NODES: ",".join(placement.nodes),
+        labels.VENDOR: placement.vendor.value,
+        labels.ACCELERATOR: placement.accelerator,
+        labels.PRECISION: placement.precision.value,
+        labels.TEMPLATE_HASH: template_hash(spec, placement.vendor),
+    }
+    if rank == 0:
+        annotations |= {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(metrics_port),
+            "prometheus.io/path": metrics.path,
+        }
+    if gang and node.network_attachment:
+        annotations[MULTUS_NETWORKS] = node.network_attachment
+
+    pod_spec: dict[str, Any] = {
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {"matchExpressions": [{"key": HOSTNAME_LABEL, "operator": "In", "values": [node.node_name]}]}
+                    ]
+                }
+            }
+        },
+        "tolerations": [{"key": key, "operator": "Exists", "effect": "NoSchedule"} for key in facts.taint_keys],
+        "containers": [_container(workload, placement, rank, node, runtime=runtime, metrics_port=metrics_port)],
+        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}}],
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "enableServiceLinks": False,
+    }
+    if gang:
+        # Pods resolve as <hostname>.<subdomain>.<namespace>.svc through the replica's headless Service.
+        pod_spec["hostname"] = name
+        pod_spec["subdomain"] = replica_service_name(workload.name, placement.replica)
+
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": workload.namespace,
+            "labels": pod_labels,
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(workload)],
+        },
+        "spec": pod_spec,
+    }
+
+
+def _container(
+    workload: AgentWorkload,
+    placement: ReplicaPlacement,
+    rank: int,
+    node: ComputeNodeSpec,
+    *,
+    runtime: Runtime,
+    metrics_port: int,
+) -> dict[str, Any]:
+    gang = len(placement.nodes) > 1
+    ports = [{"name": "http", "containerPort": runtime.port, "protocol": "TCP"}]
+    if metrics_port != runtime.port:
+        ports.append({"name": "metrics", "containerPort": metrics_port, "protocol": "TCP"})
+    if gang and rank == 0:
+        ports.append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"})
+
+    capabilities: dict[str, list[str]] = {"drop": ["ALL"]}
+    if gang:
+        capabilities["add"] = ["IPC_LOCK"]  # RDMA registers (pins) memory
+
+    container: dict[str, Any] = {
+        "name": "server",
+        "image": runtime.image,
+        "env": _env(workload, placement, rank, node, runtime),
+        "ports": ports,
+        "resources": _resources(placement, node, runtime),
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": capabilities},
+    }
+    if runtime.command:
+        container["command"] = list(runtime.command)
+    if runtime.args:
+        container["args"] = list(runtime.args)
+    if runtime.image_pull_policy:
+        container["imagePullPolicy"] = runtime.image_pull_policy.value
+    if rank == 0:
+        probe = {"httpGet": {"path": runtime.health_path, "port": "http"}}
+        container["readinessProbe"] = {**probe, "periodSeconds": 10, "failureThreshold": 3}
+        container["startupProbe"] = {
+            **probe,
+            "periodSeconds": STARTUP_PROBE_PERIOD_SECONDS,
+            "failureThreshold": STARTUP_PROBE_FAILURES,
+        }
+    return container
+
+
+def _env(
+    workload: AgentWorkload, placement: ReplicaPlacement, rank: int, node: ComputeNodeSpec, runtime: Runtime
+) -> list[dict[str, Any]]:
+    spec = workload.spec
+    nodes = len(placement.nodes)
+    ours: list[dict[str, Any]] = [
+        {"name": "GPUFABRIC_MODEL", "value": spec.model.name},
+        {"name": "GPUFABRIC_SERVED_MODEL_NAME", "value": spec.model.served_name or spec.model.name},
+        {"name": "GPUFABRIC_PRECISION", "value": placement.precision.value},
+        {"name": "GPUFABRIC_TENSOR_PARALLEL_SIZE", "value": str(placement.devices_per_node)},
+        {"name": "GPUFABRIC_NODES", "value": str(nodes)},
+        {"name": "GPUFABRIC_DEVICES", "value": str(placement.devices_per_node * nodes)},
+        {"name": "GPUFABRIC_REPLICA", "value": str(placement.replica)},
+        {"name": "GPUFABRIC_PORT", "value": str(runtime.port)},
+    ]
+    if nodes > 1:
+        leader = leader_address(workload, placement.replica)
+        ours += [
+            {"name": "GPUFABRIC_NODE_RANK", "value": str(rank)},
+            {"name": "GPUFABRIC_LEADER_ADDRESS", "value": leader},
+            {"name": "GPUFABRIC_LEADER_PORT", "value": str(RENDEZVOUS_PORT)},
+            # torch.distributed's names for the same two facts.
+            {"name": "MASTER_ADDR", "value": leader},
+            {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
+            *_collective_env(placement, node),
+        ]
+    user = [env.wire() for env in runtime.env]
+    taken = {env["name"] for env in user}
+    # The user's settings win (they may know their NICs better); ours fill the gaps.
+    return user + [env for env in ours if env["name"] not in taken]
+
+
+def _collective_env(placement: ReplicaPlacement, node: ComputeNodeSpec) -> list[dict[str, Any]]:
+    """Point the vendor's collective library (NCCL, MCCL, HCCL) at the node's RoCE NICs."""
+    library = vendors.facts(placement.vendor).collective
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in library.fixed_env.items()]
+    if node.nics:
+        env.append({"name": library.socket_interface_env, "value": ",".join(n.interface for n in node.nics)})
+        if library.rdma_devices_env:
+            # A leading '=' makes NCCL match the names exactly, not as prefixes (mlx5_1 vs mlx5_10).
+            env.append({"name": library.rdma_devices_env, "value": "=" + ",".join(n.rdma_device for n in node.nics)})
+        if library.gid_index_env:
+            env.append({"name": library.gid_index_env, "value": str(node.nics[0].gid_index)})
+    if library.interface_ip_env:
+        env.append({"name": library.interface_ip_env, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
+    return env
+
+
+def _resources(placement: ReplicaPlacement, node: ComputeNodeSpec, runtime: Runtime) -> dict[str, Any]:
+    requests: dict[str, str] = dict(runtime.resources.requests) if runtime.resources else {}
+    limits: dict[str, str] = dict(runtime.resources.limits) if runtime.resources else {}
+    # Extended resources are requested through limits (requests default to them); the operator's numbers
+    # win over anything the runtime says, or the ledger and the device plugin would disagree.
+    device = node.device_resource_name
+    requests.pop(device, None)
+    limits[device] = str(placement.devices_per_node)
+    if len(placement.nodes) > 1 and node.rdma_resource:
+        requests.pop(node.rdma_resource, None)
+        limits[node.rdma_resource] = "1"
+    resources: dict[str, Any] = {"limits": limits}
+    if requests:
+        resources["requests"] = requests
+    return resources

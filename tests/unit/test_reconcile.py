@@ -1,0 +1,290 @@
+"""Reconcile passes, without a server: each test builds a small cluster, runs passes the way the operator
+does, and checks what a user would see — pods, Services, status, events."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+
+from gpufabric.reconcile import CreatePod, DeletePod, Event, PatchStatus, Settings, reconcile
+from support.fakecluster import FakeCluster
+from support.fleet import node, workload
+
+H100, ASCEND = "H100-SXM5-80GB", "Ascend-910B3"
+
+
+def fleet(*names: str, accelerator: str = H100, domain: str = "a") -> FakeCluster:
+    return FakeCluster().fleet(node(n, accelerator, domain=domain) for n in names)
+
+
+def placements(cluster: FakeCluster, key: str) -> dict[int, list[str]]:
+    return {p["replica"]: p["nodes"] for p in cluster.status(key).get("placements", [])}
+
+
+def reasons(cluster: FakeCluster) -> Counter[str]:
+    return Counter(e.reason for e in cluster.events)
+
+
+class TestPlacingAndStatus:
+    def test_a_new_workload_gets_pods_a_service_and_an_honest_status(self) -> None:
+        cluster = fleet("h1", "h2")
+        key = cluster.add_workload(workload("chat", replicas=2, devicesPerReplica=2, runtimes=("nvidia",)))
+        cluster.settle()
+        assert sorted(p.split("/")[1] for p in cluster.pods_of(key)) == ["chat-0-0", "chat-1-0"]
+        assert "default/chat" in cluster.services
+        status = cluster.status(key)
+        assert (status["replicas"], status["readyReplicas"], status["observedGeneration"]) == (2, 2, 1)
+        assert status["selector"] == "app.kubernetes.io/managed-by=gpu-fabric-operator,gpufabric.io/workload=chat"
+        assert status["vendors"] == "nvidia"
+        assert cluster.condition(key, "Placed")["status"] == "True"
+        assert cluster.condition(key, "Ready")["reason"] == "AllReplicasReady"
+        assert cluster.condition(key, "Degraded")["status"] == "False"
+        assert reasons(cluster)["Placed"] == 2
+        node_status = cluster.compute_nodes["h1"]["status"]
+        assert (node_status["allocatedDevices"], node_status["freeDevices"]) == (2, 6)
+        assert node_status["workloads"] == [{"namespace": "default", "name": "chat", "devices": 2}]
+
+    def test_a_settled_cluster_gets_no_writes(self) -> None:
+        cluster = fleet("h1")
+        cluster.add_workload(workload("chat", runtimes=("nvidia",)))
+        cluster.settle()
+        outcome = cluster.step()
+        assert outcome.actions == ()
+
+    def test_a_restarted_operator_rebuilds_the_ledger_from_pods_and_double_books_nothing(self) -> None:
+        cluster = fleet("h1")
+        first = cluster.add_workload(workload("first", devicesPerReplica=6, runtimes=("nvidia",)))
+        cluster.settle()
+        # A fresh operator sees only objects: the second workload must not get the first one's devices.
+        second = cluster.add_workload(workload("second", devicesPerReplica=4, runtimes=("nvidia",)))
+        cluster.settle()
+        assert len(cluster.pods_of(first)) == 1
+        assert cluster.pods_of(second) == {}
+        assert cluster.condition(second, "Placed")["message"] == "0/1 nodes: 1 insufficient free devices (need 4)"
+
+    def test_unschedulable_is_reported_once_not_on_every_pass(self) -> None:
+        cluster = fleet("a1", accelerator=ASCEND)
+        key = cluster.add_workload(workload("chat", runtimes=("nvidia",)))
+        for _ in range(3):
+            cluster.step()
+        assert cluster.condition(key, "Placed") | {"lastTransitionTime": None} == {
+            "type": "Placed",
+            "status": "False",
+            "observedGeneration": 1,
+            "lastTransitionTime": None,
+            "reason": "Unschedulable",
+            "message": "0/1 nodes: 1 no runtime for vendor ascend",
+        }
+        assert cluster.status(key)["unschedulableReason"] == "0/1 nodes: 1 no runtime for vendor ascend"
+        assert reasons(cluster)["Unschedulable"] == 1
+
+    def test_transition_time_moves_only_when_the_status_changes(self) -> None:
+        cluster = fleet("h1")
+        key = cluster.add_workload(workload("chat", runtimes=("nvidia",)))
+        cluster.step(kubelet=False)
+        not_ready_since = cluster.condition(key, "Ready")["lastTransitionTime"]
+        cluster.advance(5)
+        cluster.step(kubelet=False)
+        assert cluster.condition(key, "Ready")["lastTransitionTime"] == not_ready_since
+        cluster.kubelet()
+        cluster.advance(5)
+        cluster.step()
+        assert cluster.condition(key, "Ready")["lastTransitionTime"] != not_ready_since
+
+    def test_an_invalid_workload_gets_a_condition_and_no_pods(self) -> None:
+        cluster = fleet("h1")
+        key = cluster.add_workload(workload("chat", runtimes=("nvidia",)))
+        cluster.workloads[key]["spec"]["replicas"] = "three"
+        cluster.settle()
+        assert cluster.pods_of(key) == {}
+        condition = cluster.condition(key, "Placed")
+        assert condition["reason"] == "InvalidSpec"
+        assert "spec.replicas: Input should be a valid integer" in condition["message"]
+        cluster.step()
+        assert reasons(cluster)["InvalidSpec"] == 1
+
+    def test_compute_node_health_reports_a_device_plugin_that_advertises_fewer_devices(self) -> None:
+        cluster = fleet("h1")
+        cluster.nodes["h1"]["status"]["allocatable"] = {"nvidia.com/gpu": "4"}
+        cluster.step()
+        healthy = next(c for c in cluster.compute_nodes["h1"]["status"]["conditions"] if c["type"] == "Healthy")
+        assert (healthy["status"], healthy["reason"]) == ("False", "FewerDevicesAdvertised")
+
+
+class TestScaling:
+    def test_scale_down_removes_the_highest_replicas_first(self) -> None:
+        cluster = fleet("h1", "h2")
+        key = cluster.add_workload(workload("chat", replicas=4, runtimes=("nvidia",)))
+        cluster.settle()
+        cluster.edit_workload(key, {"replicas": 2})
+        cluster.settle()
+        assert sorted(placements(cluster, key)) == [0, 1]
+        assert reasons(cluster)["ScaledDown"] == 2
+        assert reasons(cluster)["Scaled"] == 1
+
+    def test_scale_up_fills_the_lowest_free_indexes(self) -> None:
+        cluster = fleet("h1", "h2")
+        key = cluster.add_workload(workload("chat", replicas=1, runtimes=("nvidia",)))
+        cluster.settle()
+        cluster.edit_workload(key, {"replicas": 3})
+        cluster.settle()
+        assert sorted(placements(cluster, key)) == [0, 1, 2]
+
+    def test_pending_replicas_are_placed_when_capacity_frees(self) -> None:
+        cluster = fleet("h1")
+        big = cluster.add_workload(workload("big", devicesPerReplica=8, runtimes=("nvidia",)))
+        cluster.settle()
+        waiting = cluster.add_workload(workload("waiting", devicesPerReplica=4, runtimes=("nvidia",)))
+        cluster.settle()
+        assert cluster.pods_of(waiting) == {}
+        cluster.edit_workload(big, {"replicas": 0})
+        cluster.settle()
+        assert len(cluster.pods_of(waiting)) == 1
+        assert cluster.condition(waiting, "Placed")["status"] == "True"
+
+
+class TestRollingUpdate:
+    def test_an_image_change_rolls_one_replica_at_a_time_with_a_surge(self) -> None:
+        cluster = fleet("h1", "h2")
+        key = cluster.add_workload(workload("chat", replicas=2, devicesPerReplica=2, runtimes=("nvidia",)))
+        cluster.settle()
+        cluster.edit_workload(key, {"runtimes": {"nvidia": {"image": "vllm:v2"}}})
+        live_counts = []
+        for _ in range(12):
+            cluster.step()
+            live = [p for p in cluster.pods_of(key).values() if not p["metadata"].get("deletionTimestamp")]
+            live_counts.append(len(live))
+        images = {p["spec"]["containers"][0]["image"] for p in cluster.pods_of(key).values()}
+        assert images == {"vllm:v2"}
+        assert max(live_counts) == 3, "one surge replica at a time"
+        assert min(live_counts) >= 2, "never below the desired count while capacity allows a surge"
+
+    def test_without_room_for_a_surge_a_replica_is_replaced_in_place(self) -> None:
+        cluster = fleet("h1")
+        key = cluster.add_workload(workload("chat", replicas=2, devicesPerReplica=4, runtimes=("nvidia",)))
+        cluster.settle()
+        cluster.edit_workload(key, {"runtimes": {"nvidia": {"image": "vllm:v2"}}})
+        cluster.settle()
+        images = {p["spec"]["containers"][0]["image"] for p in cluster.pods_of(key).values()}
+        assert images == {"vllm:v2"}
+        assert len(cluster.pods_of(key)) == 2
+        assert any("replacing replica" in e.message for e in cluster.events)
+
+    def test_dropping_the_running_precision_rolls_the_replica(self) -> None:
+        cluster = fleet("h1", "h2")
+        key = cluster.add_workload(workload("chat", precisions=("FP8", "BF16"), runtimes=("nvidia",)))
+        cluster.settle()
+        assert cluster.status(key)["placements"][0]["precision"] == "FP8"
+        cluster.edit_workload(key, {"precisions": ["BF16"]})
+        cluster.settle()
+        assert [p["precision"] for p in cluster.status(key)["placements"]] == ["BF16"]
+
+
+class TestNodeLoss:
+    def test_a_not_ready_node_is_given_its_grace_then_its_replicas_move(self) -> None:
+        cluster = fleet("h1", "h2")
+        key = cluster.add_workload(workload("chat", devicesPerReplica=8, runtimes=("nvidia",)))
+        cluster.settle()
+        (before,) = placements(cluster, key).values()
+        cluster.set_ready(before[0], False)
+        cluster.advance(10)
+        outcome = cluster.step()
+        assert not [a for a in outcome.actions if isinstance(a, DeletePod)], "still within the grace period"
+        assert outcome.wake_at == cluster.now + timedelta(seconds=20)
+        cluster.advance(21)
+        outcome = cluster.step()
+        deletes = [a for a in outcome.actions if isinstance(a, DeletePod)]
+        assert deletes
+        assert all(d.force for d in deletes), "a NotReady node's kubelet will never confirm"
+        cluster.settle()
+        (after,) = placements(cluster, key).values()
+        assert after != before
+        assert reasons(cluster)["Rescheduling"] == 1
+
+    def test_a_gang_moves_together_when_one_of_its_nodes_is_lost(self) -> None:
+        cluster = FakeCluster().fleet(node(f"h{i}", H100, domain="a") for i in range(4))
+        key = cluster.add_workload(
+            workload(
+                "big", params=405, precisions=("FP8",), nodesPerReplica=2, devicesPerReplica=16, runtimes=("nvidia",)
+            )
+        )
+        cluster.settle()
+        (gang,) = placements(cluster, key).values()
+        del cluster.nodes[gang[1]]  # the Node object is gone
+        cluster.settle()
+        (moved,) = placements(cluster, key).values()
+        assert set(moved).isdisjoint({gang[1]})
+        assert len(cluster.pods_of(key)) == 2
+
+    def test_cordoning_a_compute_node_moves_replicas_gracefully(self) -> None:
+        cluster = fleet("h1", "h2")
+        key = cluster.add_workload(workload("chat", devicesPerReplica=8, runtimes=("nvidia",)))
+        cluster.settle()
+        (before,) = placements(cluster, key).values()
+        cluster.edit_compute_node(before[0], {"unschedulable": True})
+        outcome = cluster.step()
+        deletes = [a for a in outcome.actions if isinstance(a, DeletePod)]
+        assert deletes
+        assert not any(d.force for d in deletes)
+        cluster.settle()
+        assert list(placements(cluster, key).values()) != [before]
+
+    def test_deleting_a_compute_node_moves_its_replicas(self) -> None:
+        cluster = fleet("h1", "h2")
+        key = cluster.add_workload(workload("chat", devicesPerReplica=8, runtimes=("nvidia",)))
+        cluster.settle()
+        (before,) = placements(cluster, key).values()
+        del cluster.compute_nodes[before[0]]
+        cluster.settle()
+        (after,) = placements(cluster, key).values()
+        assert after != before
+
+
+class TestRecovery:
+    def test_a_half_created_gang_is_completed_on_its_own_nodes(self) -> None:
+        cluster = FakeCluster().fleet(node(f"h{i}", H100) for i in range(2))
+        key = cluster.add_workload(
+            workload(
+                "big", params=405, precisions=("FP8",), nodesPerReplica=2, devicesPerReplica=16, runtimes=("nvidia",)
+            )
+        )
+        outcome = reconcile(cluster.state())
+        creates = [a for a in outcome.actions if isinstance(a, CreatePod)]
+        # The operator dies after creating rank 0 only.
+        cluster.apply(type(outcome)((creates[0],), None, outcome.placed, 0))
+        cluster.settle()
+        assert sorted(p.split("/")[1] for p in cluster.pods_of(key)) == ["big-0-0", "big-0-1"]
+
+    def test_pods_with_disagreeing_records_are_replaced(self) -> None:
+        cluster = fleet("h1", "h2")
+        key = cluster.add_workload(workload("chat", runtimes=("nvidia",)))
+        cluster.settle()
+        (pod,) = cluster.pods_of(key).values()
+        pod["metadata"]["annotations"]["gpufabric.io/replica-nodes"] = "h1,h2"
+        cluster.settle()
+        (pod,) = cluster.pods_of(key).values()
+        assert pod["metadata"]["annotations"]["gpufabric.io/replica-nodes"] in ("h1", "h2")
+
+
+def test_status_patches_carry_only_what_changed() -> None:
+    cluster = fleet("h1")
+    key = cluster.add_workload(workload("chat", runtimes=("nvidia",)))
+    cluster.settle()
+    cluster.workloads[key]["status"]["tokensPerSecond"] = {"prompt": 10.0, "generation": 20.0}
+    cluster.edit_workload(key, {"priority": 5})
+    outcome = cluster.step()
+    (patch,) = [a for a in outcome.actions if isinstance(a, PatchStatus) and a.kind == "AgentWorkload"]
+    assert set(patch.status) == {"observedGeneration", "conditions"}
+    assert cluster.status(key)["tokensPerSecond"] == {"prompt": 10.0, "generation": 20.0}
+
+
+def test_settings_set_the_grace_period() -> None:
+    cluster = fleet("h1", "h2")
+    key = cluster.add_workload(workload("chat", devicesPerReplica=8, runtimes=("nvidia",)))
+    cluster.settle()
+    (before,) = placements(cluster, key).values()
+    cluster.set_ready(before[0], False)
+    cluster.advance(3)
+    outcome = cluster.step(Settings(node_grace=timedelta(seconds=2)))
+    assert any(isinstance(a, DeletePod) for a in outcome.actions)
+    assert any(isinstance(a, Event) and a.reason == "Rescheduling" for a in outcome.actions)
