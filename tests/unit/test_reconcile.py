@@ -216,18 +216,22 @@ class TestNodeLoss:
         assert set(moved).isdisjoint({gang[1]})
         assert len(cluster.pods_of(key)) == 2
 
-    def test_cordoning_a_compute_node_moves_replicas_gracefully(self) -> None:
+    def test_cordoning_drains_a_replica_replacement_first(self) -> None:
         cluster = fleet("h1", "h2")
         key = cluster.add_workload(workload("chat", devicesPerReplica=8, runtimes=("nvidia",)))
         cluster.settle()
         (before,) = placements(cluster, key).values()
         cluster.edit_compute_node(before[0], {"unschedulable": True})
         outcome = cluster.step()
+        assert not [a for a in outcome.actions if isinstance(a, DeletePod)], "the old replica serves meanwhile"
+        assert len([a for a in outcome.actions if isinstance(a, CreatePod)]) == 1
+        outcome = cluster.step()
         deletes = [a for a in outcome.actions if isinstance(a, DeletePod)]
-        assert deletes
-        assert not any(d.force for d in deletes)
+        assert len(deletes) == 1
+        assert not deletes[0].force, "a cordoned node's kubelet stops the pod gracefully"
         cluster.settle()
         assert list(placements(cluster, key).values()) != [before]
+        assert reasons(cluster)["Draining"] == 1
 
     def test_deleting_a_compute_node_moves_its_replicas(self) -> None:
         cluster = fleet("h1", "h2")

@@ -36,8 +36,10 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, *, discove
         settings.posting.level = logging.WARNING
 
     # --- indexes ---------------------------------------------------------------------------------------
+    # Explicit ids: kopf passes each index to handlers under its handler id, which would otherwise be the
+    # nested function's qualified name.
 
-    @kopf.index("pods", labels=MANAGED, registry=registry)
+    @kopf.index("pods", labels=MANAGED, registry=registry, id="gf_pods")
     def gf_pods(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[str, Any]:
         try:
             return {f"{namespace}/{name}": pod_record(body)}
@@ -45,29 +47,30 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, *, discove
             log.warning("%s", error)
             return {f"{namespace}/{name}": str(error)}
 
-    @kopf.index("nodes", registry=registry)
+    @kopf.index("nodes", registry=registry, id="gf_nodes")
     def gf_nodes(body: kopf.Body, name: str, **_: Any) -> dict[str, Any]:
         return {name: node_health(body)}
 
-    @kopf.index(API_GROUP, API_VERSION, "computenodes", registry=registry)
+    @kopf.index(API_GROUP, API_VERSION, "computenodes", registry=registry, id="gf_compute_nodes")
     def gf_compute_nodes(body: kopf.Body, name: str, **_: Any) -> dict[str, Any]:
         parsed = compute_node(body)
         if not isinstance(parsed, ComputeNode):
             log.warning("ComputeNode %s is invalid and ignored: %s", name, "; ".join(parsed))
         return {name: parsed}
 
-    @kopf.index(API_GROUP, API_VERSION, "agentworkloads", registry=registry)
+    @kopf.index(API_GROUP, API_VERSION, "agentworkloads", registry=registry, id="gf_workloads")
     def gf_workloads(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[str, Any]:
         return {f"{namespace}/{name}": agent_workload(body)}
 
-    @kopf.index("services", labels=MANAGED, registry=registry)
+    @kopf.index("services", labels=MANAGED, registry=registry, id="gf_services")
     def gf_services(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[str, Any] | None:
         owned = owned_service(body)
         return {f"{namespace}/{name}": owned} if owned else None
 
     # --- wake the reconciler on anything that can change a decision ----------------------------------------
 
-    def wake(**_: Any) -> None:
+    # Async on purpose: kopf runs sync handlers in worker threads, and asyncio events must be set from the loop.
+    async def wake(**_: Any) -> None:
         reconciler.indexes_ready()  # resource handlers run only once every index is filled
         reconciler.trigger()
 
@@ -76,7 +79,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, *, discove
     seen: dict[str, NodeHealth] = {}
 
     @kopf.on.event("nodes", registry=registry)
-    def node_changed(body: kopf.Body, name: str, type: str | None, **_: Any) -> None:
+    async def node_changed(body: kopf.Body, name: str, type: str | None, **_: Any) -> None:
         # Kubelets heartbeat their Node status every few seconds; only readiness and capacity matter.
         health = node_health(body)
         if type == "DELETED":
@@ -85,7 +88,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, *, discove
             return
         else:
             seen[name] = health
-        wake()
+        await wake()
 
     kopf.on.event(API_GROUP, API_VERSION, "computenodes", registry=registry)(wake)
     kopf.on.event(API_GROUP, API_VERSION, "agentworkloads", registry=registry)(wake)

@@ -76,7 +76,14 @@ class Kube:
         for attempt in range(1, self.retry.attempts + 1):
             try:
                 self.on_write(verb, resource)
-                return await asyncio.to_thread(fn)
+                result = await asyncio.to_thread(fn)
+                # Writes do not read their response (_preload_content=False): no model of ours depends on the
+                # server's echo, and a quirky echo cannot fail a write that succeeded.
+                if isinstance(result, urllib3.response.HTTPResponse):
+                    result.drain_conn()
+                    result.release_conn()
+                    return None
+                return result
             except ApiException as error:
                 if error.status in ok or (
                     exists_ok and error.status == 409 and _status_reason(error) == "AlreadyExists"
@@ -89,6 +96,8 @@ class Kube:
                 if attempt == self.retry.attempts:
                     raise WriteFailedError(what, None, str(error)) from None
                 log.info("%s: %s, retrying (%d/%d)", what, error, attempt, self.retry.attempts)
+            except Exception as error:  # anything else from the client: fail this write, not the pass
+                raise WriteFailedError(what, None, repr(error)) from error
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.retry.max_delay)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -101,7 +110,9 @@ class Kube:
             f"create pod {namespace}/{manifest['metadata']['name']}",
             "create",
             "pods",
-            lambda: self.core.create_namespaced_pod(namespace, cast(Any, manifest), _request_timeout=REQUEST_TIMEOUT),
+            lambda: self.core.create_namespaced_pod(
+                namespace, cast(Any, manifest), _request_timeout=REQUEST_TIMEOUT, _preload_content=False
+            ),
             exists_ok=True,
         )
 
@@ -111,7 +122,11 @@ class Kube:
             "delete",
             "pods",
             lambda: self.core.delete_namespaced_pod(
-                name, namespace, grace_period_seconds=0 if force else None, _request_timeout=REQUEST_TIMEOUT
+                name,
+                namespace,
+                grace_period_seconds=0 if force else None,
+                _request_timeout=REQUEST_TIMEOUT,
+                _preload_content=False,
             ),
             ok=frozenset({404}),
         )
@@ -123,7 +138,7 @@ class Kube:
             "create",
             "services",
             lambda: self.core.create_namespaced_service(
-                namespace, cast(Any, manifest), _request_timeout=REQUEST_TIMEOUT
+                namespace, cast(Any, manifest), _request_timeout=REQUEST_TIMEOUT, _preload_content=False
             ),
             exists_ok=True,
         )
@@ -133,7 +148,9 @@ class Kube:
             f"delete service {namespace}/{name}",
             "delete",
             "services",
-            lambda: self.core.delete_namespaced_service(name, namespace, _request_timeout=REQUEST_TIMEOUT),
+            lambda: self.core.delete_namespaced_service(
+                name, namespace, _request_timeout=REQUEST_TIMEOUT, _preload_content=False
+            ),
             ok=frozenset({404}),
         )
 
@@ -153,6 +170,7 @@ class Kube:
                     body,
                     _content_type="application/merge-patch+json",
                     _request_timeout=REQUEST_TIMEOUT,
+                    _preload_content=False,
                 )
         else:
 
@@ -166,6 +184,7 @@ class Kube:
                     body,
                     _content_type="application/merge-patch+json",
                     _request_timeout=REQUEST_TIMEOUT,
+                    _preload_content=False,
                 )
 
         await self._call(
@@ -182,7 +201,7 @@ class Kube:
             "create",
             "computenodes",
             lambda: self.custom.create_cluster_custom_object(
-                API_GROUP, API_VERSION, "computenodes", body, _request_timeout=REQUEST_TIMEOUT
+                API_GROUP, API_VERSION, "computenodes", body, _request_timeout=REQUEST_TIMEOUT, _preload_content=False
             ),
             exists_ok=True,
         )
@@ -200,6 +219,7 @@ class Kube:
                 patch,
                 _content_type="application/merge-patch+json",
                 _request_timeout=REQUEST_TIMEOUT,
+                _preload_content=False,
             ),
             ok=frozenset({404}),
         )
@@ -242,7 +262,9 @@ class Kube:
             f"event {reason} on {kind} {name}",
             "create",
             "events",
-            lambda: self.core.create_namespaced_event(where, cast(Any, body), _request_timeout=REQUEST_TIMEOUT),
+            lambda: self.core.create_namespaced_event(
+                where, cast(Any, body), _request_timeout=REQUEST_TIMEOUT, _preload_content=False
+            ),
         )
 
 

@@ -54,10 +54,16 @@ class Leadership:
                     self.on_elected()
                 elif was and not self.leading:
                     log.warning("lost Lease %s/%s: no longer reconciling", self.namespace, self.name)
-            except (ApiException, OSError) as error:
-                # Cannot tell whether we still hold it: stop writing until we can.
+            except Exception as error:
+                # Cannot tell whether we still hold it: stop writing until we can, and keep trying.
                 self.leading = False
-                log.warning("Lease %s/%s unreachable: %s", self.namespace, self.name, error)
+                log.warning(
+                    "Lease %s/%s: %r",
+                    self.namespace,
+                    self.name,
+                    error,
+                    exc_info=not isinstance(error, (ApiException, OSError)),
+                )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.renew_every)
 

@@ -193,7 +193,10 @@ class Reconciler:
             async with gate:
                 try:
                     await write()
-                except WriteFailedError as error:
+                except Exception as error:  # one failed write must not stop the others
+                    if not isinstance(error, WriteFailedError):
+                        log.exception("%s failed", key)
+                        error = WriteFailedError(key, None, repr(error))
                     failed = True
                     count = (held[0] if held else 0) + 1
                     self._held[key] = (count, time.monotonic() + self.loop.action_backoff * 2 ** (count - 1))

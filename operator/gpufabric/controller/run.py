@@ -39,6 +39,7 @@ class OperatorOptions:
     leader_election: bool = True
     lease_namespace: str = field(default_factory=lambda: os.environ.get("POD_NAMESPACE", DEFAULT_LEASE_NAMESPACE))
     identity: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
+    lease_seconds: int = 15
     loop: LoopSettings = field(default_factory=LoopSettings)
 
 
@@ -69,7 +70,14 @@ class Operator:
             on_write=lambda verb, resource: self.metrics.writes.labels(verb=verb, resource=resource).inc(),
         )
         self.leadership = (
-            Leadership(self.kube, self.options.lease_namespace, LEASE_NAME, self.options.identity)
+            Leadership(
+                self.kube,
+                self.options.lease_namespace,
+                LEASE_NAME,
+                self.options.identity,
+                lease_seconds=self.options.lease_seconds,
+                renew_every=max(1.0, self.options.lease_seconds / 3),
+            )
             if self.options.leader_election
             else Leadership.always()
         )
@@ -87,6 +95,7 @@ class Operator:
         tasks: list[asyncio.Task[None]] = []
         stop = asyncio.Event()
         self._stop = stop
+        self._tasks = tasks
 
         @kopf.on.startup(registry=self.registry)
         async def start_loops(**_: Any) -> None:
@@ -110,11 +119,18 @@ class Operator:
         if self.options.metrics_port is not None:
             start_http_server(self.options.metrics_port, registry=self.metrics.registry)
         liveness = f"http://0.0.0.0:{self.options.health_port}/healthz" if self.options.health_port else None
-        await kopf.operator(
-            registry=self.registry,
-            clusterwide=not self.options.namespaces,
-            namespaces=self.options.namespaces,
-            standalone=True,  # one active instance comes from our Lease, not kopf's peering
-            liveness_endpoint=liveness,
-            stop_flag=stop,
-        )
+        try:
+            await kopf.operator(
+                registry=self.registry,
+                clusterwide=not self.options.namespaces,
+                namespaces=self.options.namespaces,
+                standalone=True,  # one active instance comes from our Lease, not kopf's peering
+                liveness_endpoint=liveness,
+                stop_flag=stop,
+            )
+        finally:
+            # However kopf ended (stopped, or cancelled without its cleanup handlers), the lease and
+            # reconcile loops end with it: a dead operator must not keep renewing the Lease.
+            self._stop.set()
+            for task in self._tasks:
+                task.cancel()

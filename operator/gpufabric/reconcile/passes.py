@@ -121,14 +121,15 @@ def reconcile(state: ClusterState, settings: Settings | None = None) -> Outcome:
     # 1. Move replicas off lost nodes; replace inconsistent ones; complete half-created ones.
     live: dict[str, list[LedgerReplica]] = defaultdict(list)
     settling: set[str] = set()
+    draining: dict[str, dict[int, str]] = defaultdict(dict)
     for replica in ledger:
         workload = state.workloads.get(replica.workload_key)
         if workload is None:
             continue  # its workload is gone (or invalid): ownerReferences let the garbage collector act
         losses = [lost[n] for n in replica.nodes if n in lost]
-        if losses:
-            force = any(loss.force for loss in losses)
-            actions += _delete_replica(replica, force=force, reason=losses[0].reason)
+        if any(loss.force for loss in losses):
+            # The node is gone or dead: its kubelet will not stop the pods, so force them out now.
+            actions += _delete_replica(replica, force=True, reason=losses[0].reason)
             events.append(
                 _event(
                     workload,
@@ -140,6 +141,10 @@ def reconcile(state: ClusterState, settings: Settings | None = None) -> Outcome:
             )
             settling.add(replica.workload_key)
             continue
+        if losses:
+            # Cordoned or no longer described, but still running: drain it like a rolling update —
+            # a replacement first, then this one goes once the replacement serves.
+            draining[replica.workload_key][replica.replica] = "; ".join(loss.message for loss in losses)
         if not replica.consistent:
             actions += _delete_replica(replica, force=False, reason="Inconsistent")
             events.append(
@@ -166,7 +171,17 @@ def reconcile(state: ClusterState, settings: Settings | None = None) -> Outcome:
     surges: dict[tuple[str, int], LedgerReplica] = {}
     for key, workload in sorted(state.workloads.items()):
         taken = {r.replica for r in by_workload.get(key, [])}
-        plan = step(workload, live.get(key, []), taken, key in settling)
+        plan = step(workload, live.get(key, []), taken, key in settling, set(draining.get(key, {})))
+        if plan.surge is not None and plan.fallback is not None and plan.fallback.replica in draining.get(key, {}):
+            events.append(
+                _event(
+                    workload,
+                    "Normal",
+                    "Draining",
+                    f"replacing replica {plan.fallback.replica} before it leaves "
+                    f"{', '.join(plan.fallback.nodes)}: {draining[key][plan.fallback.replica]}",
+                )
+            )
         for replica, reason in plan.remove:
             actions += _delete_replica(replica, force=False, reason=reason)
             live[key].remove(replica)

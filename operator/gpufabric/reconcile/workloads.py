@@ -2,7 +2,8 @@
 
 - Fewer live replicas than `spec.replicas`: ask for the missing ones, at the lowest free indexes.
 - More: remove outdated ones first, then not-ready ones, then the highest indexes.
-- Exactly as many, some outdated (model, image, env, precision no longer accepted…), all ready and nothing
+- Exactly as many, some outdated (model, image, env, precision no longer accepted…, or on a cordoned or
+  undescribed node), all ready and nothing
   terminating: ask for one surge replica with the new template. Once it is ready there is one replica too
   many and an outdated one goes; if the surge cannot be placed, an outdated replica goes first and its
   replacement is placed in its room (delete, then create). One step at a time.
@@ -52,12 +53,19 @@ def lowest_free(taken: Iterable[int], count: int) -> tuple[int, ...]:
     return tuple(found)
 
 
-def step(workload: AgentWorkload, live: Sequence[LedgerReplica], taken: Iterable[int], settling: bool) -> WorkloadStep:
+def step(
+    workload: AgentWorkload,
+    live: Sequence[LedgerReplica],
+    taken: Iterable[int],
+    settling: bool,
+    draining: frozenset[int] | set[int] = frozenset(),
+) -> WorkloadStep:
     """`live`: the workload's replicas that are staying (complete or being completed, not terminating, not
     being moved). `taken`: every index in use by any pod (terminating ones included: names are stable).
-    `settling`: some replica of the workload is terminating or being moved — no rollout step meanwhile."""
+    `settling`: some replica of the workload is terminating or being moved — no rollout step meanwhile.
+    `draining`: replicas on cordoned or undescribed nodes, replaced like outdated ones."""
     wanted = workload.spec.replicas
-    old = [r for r in live if outdated(workload, r)]
+    old = [r for r in live if r.replica in draining or outdated(workload, r)]
     fresh = [r for r in live if r not in old]
     taken = set(taken)
 

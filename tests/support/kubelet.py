@@ -1,0 +1,410 @@
+"""A simulated kubelet (and the slice of kube-scheduler the operator relies on) for `FabricEmulator`.
+
+`SimulatedKubelet` is an asyncio task that, every `interval` seconds, walks the pods and nodes and does
+what kube-scheduler and the kubelets would, in the simplest form that still exercises an operator:
+
+* A pod pinned to a node — `spec.nodeName`, `spec.nodeSelector["kubernetes.io/hostname"]`, or a required
+  node affinity term `kubernetes.io/hostname In [names]` — whose Node exists and is Ready gets bound
+  (`spec.nodeName`), then `phase: Running`, a stable fake `podIP` (10.x.y.z), the node's `hostIP`, and
+  after `ready_after` seconds the Ready and ContainersReady conditions and ready containerStatuses.
+* Extended resources (any `resources.limits`/`requests` key with a "/", e.g. `nvidia.com/gpu`) are
+  counted against the node's `status.allocatable`, less what admitted (Running) pods there hold. A pod
+  placed through the scheduler (hostname selector or affinity) that does not fit stays `Pending` with
+  `PodScheduled=False, reason Unschedulable` and is retried every pass, as kube-scheduler does; a pod the
+  operator bound itself (`spec.nodeName` at creation) is rejected by kubelet admission:
+  `phase: Failed, reason OutOf<resource>`.
+* A terminating pod (deletionTimestamp set) on a Ready node is removed `terminate_after` seconds later by
+  a force delete (grace 0), as the kubelet confirms termination; on a NotReady or missing node it stays
+  Terminating, as it does in a cluster until someone force-deletes it.
+* Pods whose node is missing or NotReady make no progress at all.
+
+Not simulated: CPU/memory/pod-count fit, taints and tolerations, other affinity kinds, node lifecycle
+taints and evictions, pod GC of orphans, restarts, probes, init containers, container exit.
+
+Reads are in-process (`FabricEmulator.live_objects`: instant, and no noise in the request log); writes go
+over HTTP with `X-Harness: 1`, so they take the same code paths as any client's, are never hit by
+injected faults, and are not counted by `FabricEmulator.writes()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import re
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Final, Self
+
+from support.emulator import NODES, PODS, FabricEmulator, HarnessError, JsonDict, now_rfc3339
+
+HOSTNAME_LABEL: Final = "kubernetes.io/hostname"
+DEFAULT_ALLOCATABLE: Final = {"cpu": "64", "memory": "512Gi", "pods": "110"}
+_SUFFIXES: Final = {
+    "": 1,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
+
+
+def parse_quantity(value: Any) -> float:
+    """A Kubernetes resource quantity ("8", "500m", "16Gi") as a number."""
+    m = re.fullmatch(r"\s*([+-]?[0-9.]+)([A-Za-z]*)\s*", str(value))
+    if m is None or m[2] not in _SUFFIXES:
+        raise ValueError(f"not a quantity: {value!r}")
+    return float(m[1]) * _SUFFIXES[m[2]]
+
+
+Amounts = collections.defaultdict[str, float]
+
+
+def _add(total: Amounts, more: Mapping[str, float]) -> None:
+    for key, amount in more.items():
+        total[key] += amount
+
+
+def extended_requests(pod: Mapping[str, Any]) -> Amounts:
+    """Extended resources (names with a "/") a pod needs: per container, limits over requests (for
+    extended resources Kubernetes requires them equal, and either implies the other)."""
+    total: Amounts = collections.defaultdict(float)
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        resources = container.get("resources") or {}
+        wanted = {**(resources.get("requests") or {}), **(resources.get("limits") or {})}
+        for name, quantity in wanted.items():
+            if "/" in name:
+                total[name] += parse_quantity(quantity)
+    return total
+
+
+def pinned_nodes(pod: Mapping[str, Any]) -> list[str]:
+    """Nodes the pod may run on, by hostname, in preference order; empty if it names none."""
+    spec = pod.get("spec") or {}
+    if spec.get("nodeName"):
+        return [spec["nodeName"]]
+    if hostname := (spec.get("nodeSelector") or {}).get(HOSTNAME_LABEL):
+        return [hostname]
+    required = (
+        ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution")
+    ) or {}
+    for term in required.get("nodeSelectorTerms") or []:
+        for expression in term.get("matchExpressions") or []:
+            if expression.get("key") == HOSTNAME_LABEL and expression.get("operator") == "In":
+                return list(expression.get("values") or [])
+    return []
+
+
+def condition(kind: str, status: bool, *, reason: str | None = None, message: str | None = None) -> JsonDict:
+    result: JsonDict = {"type": kind, "status": "True" if status else "False", "lastTransitionTime": now_rfc3339()}
+    if reason is not None:
+        result["reason"] = reason
+    if message is not None:
+        result["message"] = message
+    return result
+
+
+def node_ready(node: Mapping[str, Any] | None) -> bool:
+    if node is None:
+        return False
+    conditions = (node.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _meta(obj: Mapping[str, Any]) -> JsonDict:
+    meta: JsonDict = obj.get("metadata") or {}
+    return meta
+
+
+class SimulatedKubelet:
+    """The kubelets and the hostname-pinning scheduler of a fake cluster, as one asyncio task.
+
+    Use as `async with SimulatedKubelet(emulator) as kubelet:` or `start()`/`await stop()`; `await
+    tick()` runs one pass by hand. Errors other than benign races (404/409 on an object that changed
+    meanwhile) are kept in `errors` and do not stop the loop; tests should assert it is empty.
+
+    Start it before a kopf operator running in the same event loop: kopf's shutdown waits 5 s for, then
+    cancels, every task created after the operator started.
+    """
+
+    def __init__(
+        self,
+        emulator: FabricEmulator,
+        *,
+        interval: float = 0.05,
+        ready_after: float = 0.1,
+        terminate_after: float = 0.1,
+    ) -> None:
+        self.emulator = emulator
+        self.interval = interval
+        self.ready_after = ready_after
+        self.terminate_after = terminate_after
+        self.errors: list[BaseException] = []
+        self._task: asyncio.Task[None] | None = None
+        self._started: dict[str, float] = {}  # pod uid -> when it started running
+        self._terminating: dict[str, float] = {}  # pod uid -> when seen terminating on a Ready node
+        self._force_deleted: set[str] = set()
+        self._pod_ips: dict[str, str] = {}
+        self._node_count = 0
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="simulated-kubelet")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception as error:  # keep simulating; the test decides whether this matters
+                self.errors.append(error)
+            await asyncio.sleep(self.interval)
+
+    # ---- nodes -------------------------------------------------------------------------------------------
+
+    async def add_node(
+        self, name: str, allocatable: Mapping[str, str], labels: Mapping[str, str] | None = None, ready: bool = True
+    ) -> JsonDict:
+        """Register a v1 Node as a kubelet does: labels (hostname, os), capacity = allocatable (with
+        cpu/memory/pods defaults), an InternalIP, and the Ready condition."""
+        self._node_count += 1
+        resources = {**DEFAULT_ALLOCATABLE, **allocatable}
+        body: JsonDict = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": {HOSTNAME_LABEL: name, "kubernetes.io/os": "linux", **(labels or {})}},
+            "spec": {},
+            "status": {
+                "capacity": dict(resources),
+                "allocatable": dict(resources),
+                "conditions": [self._ready_condition(ready)],
+                "addresses": [
+                    {
+                        "type": "InternalIP",
+                        "address": f"192.168.{self._node_count // 250}.{self._node_count % 250 + 1}",
+                    },
+                    {"type": "Hostname", "address": name},
+                ],
+            },
+        }
+        return await self.emulator.h_create(NODES, body)
+
+    async def set_ready(self, name: str, ready: bool) -> JsonDict:
+        """Flip the node's Ready condition (lastTransitionTime moves only when the status changes)."""
+        node = self.emulator.get_object(NODES, name)
+        if node is None:
+            raise LookupError(f"no node {name!r}")
+        conditions = [c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") != "Ready"]
+        old = next((c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), None)
+        new = self._ready_condition(ready)
+        if old is not None and old.get("status") == new["status"]:
+            new["lastTransitionTime"] = old.get("lastTransitionTime", new["lastTransitionTime"])
+        patch = {"status": {"conditions": [*conditions, new]}}
+        return await self.emulator.h_patch(NODES, name, patch, subresource="status")
+
+    async def remove_node(self, name: str) -> None:
+        await self.emulator.h_delete(NODES, name)
+
+    @staticmethod
+    def _ready_condition(ready: bool) -> JsonDict:
+        result = condition(
+            "Ready",
+            ready,
+            reason="KubeletReady" if ready else "KubeletNotReady",
+            message="kubelet is posting ready status" if ready else "simulated: node is not ready",
+        )
+        result["lastHeartbeatTime"] = result["lastTransitionTime"]
+        return result
+
+    # ---- one pass ----------------------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """One pass over all pods, oldest first (so capacity goes first come, first served)."""
+        now = asyncio.get_running_loop().time()
+        nodes = {_meta(node)["name"]: node for node in self.emulator.live_objects(NODES)}
+        pods = sorted(
+            self.emulator.live_objects(PODS),
+            key=lambda p: (_meta(p).get("creationTimestamp", ""), _meta(p).get("namespace", ""), _meta(p)["name"]),
+        )
+        used: dict[str, Amounts] = collections.defaultdict(lambda: collections.defaultdict(float))
+        for pod in pods:
+            if (pod.get("status") or {}).get("phase") == "Running":
+                _add(used[(pod.get("spec") or {}).get("nodeName", "")], extended_requests(pod))
+        for pod in pods:
+            try:
+                await self._sync_pod(pod, nodes, used, now)
+            except HarnessError as error:
+                if error.status not in (404, 409):  # the pod changed or vanished meanwhile: next pass
+                    raise
+
+    async def _sync_pod(
+        self, pod: JsonDict, nodes: Mapping[str, JsonDict], used: dict[str, Amounts], now: float
+    ) -> None:
+        meta, spec, status = _meta(pod), pod.get("spec") or {}, pod.get("status") or {}
+        uid, name, namespace = meta["uid"], meta["name"], meta.get("namespace")
+        candidates = pinned_nodes(pod)
+        if not candidates:
+            return  # nothing pins it: no scheduler is emulated beyond hostname pinning
+        if meta.get("deletionTimestamp"):
+            bound = spec.get("nodeName")
+            if bound and node_ready(nodes.get(bound)) and uid not in self._force_deleted:
+                since = self._terminating.setdefault(uid, now)
+                if now - since >= self.terminate_after:
+                    self._force_deleted.add(uid)
+                    await self.emulator.h_delete(PODS, name, namespace=namespace, grace_period_seconds=0)
+            return
+        if status.get("phase") in ("Succeeded", "Failed"):
+            return
+        if status.get("phase") == "Running":
+            if node_ready(nodes.get(spec.get("nodeName", ""))):
+                await self._progress(pod, now)
+            return
+        ready_nodes = [n for n in candidates if node_ready(nodes.get(n))]
+        if not ready_nodes:
+            return  # missing or NotReady: left alone
+        wanted = extended_requests(pod)
+        fitting = [n for n in ready_nodes if self._fits(wanted, nodes[n], used[n])]
+        if not fitting:
+            await self._refuse(
+                pod, wanted, nodes[ready_nodes[0]], used[ready_nodes[0]], bound=bool(spec.get("nodeName"))
+            )
+            return
+        node_name = fitting[0]
+        _add(used[node_name], wanted)
+        if not spec.get("nodeName"):
+            await self.emulator.h_patch(PODS, name, {"spec": {"nodeName": node_name}}, namespace=namespace)
+        await self._start(pod, nodes[node_name], now)
+
+    @staticmethod
+    def _fits(wanted: Amounts, node: JsonDict, used: Amounts) -> bool:
+        allocatable = (node.get("status") or {}).get("allocatable") or {}
+        return all(used[key] + amount <= parse_quantity(allocatable.get(key, 0)) for key, amount in wanted.items())
+
+    async def _refuse(
+        self,
+        pod: JsonDict,
+        wanted: Amounts,
+        node: JsonDict,
+        used: Amounts,
+        *,
+        bound: bool,
+    ) -> None:
+        allocatable = (node.get("status") or {}).get("allocatable") or {}
+        short = next(k for k, v in sorted(wanted.items()) if used[k] + v > parse_quantity(allocatable.get(k, 0)))
+        meta, status = _meta(pod), pod.get("status") or {}
+        if bound:  # kubelet admission rejects a pod bound to a node that cannot hold it
+            new_status: JsonDict = {
+                "phase": "Failed",
+                "reason": f"OutOf{short}",
+                "message": f"Pod was rejected: Node didn't have enough resource: {short}, "
+                f"requested: {wanted[short]:g}, used: {used[short]:g}, "
+                f"capacity: {parse_quantity(allocatable.get(short, 0)):g}",
+            }
+        else:  # kube-scheduler leaves it Pending and retries
+            message = f"0/1 nodes are available: 1 Insufficient {short}."
+            conditions = status.get("conditions") or []
+            scheduled: JsonDict = next((c for c in conditions if c.get("type") == "PodScheduled"), {})
+            if status.get("phase") == "Pending" and scheduled.get("message") == message:
+                return  # already says so: write nothing
+            new_status = {
+                "phase": "Pending",
+                "conditions": [condition("PodScheduled", False, reason="Unschedulable", message=message)],
+            }
+        await self.emulator.h_patch(
+            PODS, meta["name"], {"status": new_status}, namespace=meta.get("namespace"), subresource="status"
+        )
+
+    async def _start(self, pod: JsonDict, node: JsonDict, now: float) -> None:
+        meta = _meta(pod)
+        uid = meta["uid"]
+        self._started[uid] = now
+        addresses = (node.get("status") or {}).get("addresses") or []
+        host_ip = next((a["address"] for a in addresses if a.get("type") == "InternalIP"), "")
+        pod_ip = self._pod_ip(uid)
+        started_at = now_rfc3339()
+        status = {
+            "phase": "Running",
+            "hostIP": host_ip,
+            "podIP": pod_ip,
+            "podIPs": [{"ip": pod_ip}],
+            "startTime": started_at,
+            "conditions": [
+                condition("PodScheduled", True),
+                condition("Initialized", True),
+                condition("ContainersReady", False),
+                condition("Ready", False),
+            ],
+            "containerStatuses": self._container_statuses(pod, ready=False, started_at=started_at),
+        }
+        await self.emulator.h_patch(
+            PODS, meta["name"], {"status": status}, namespace=meta.get("namespace"), subresource="status"
+        )
+
+    async def _progress(self, pod: JsonDict, now: float) -> None:
+        """A Running pod becomes Ready `ready_after` seconds after it started."""
+        meta, status = _meta(pod), pod.get("status") or {}
+        started = self._started.setdefault(meta["uid"], now)  # also adopts pods started before a restart
+        conditions = status.get("conditions") or []
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+            return
+        if now - started < self.ready_after:
+            return
+        kept = [c for c in conditions if c.get("type") not in ("Ready", "ContainersReady")]
+        started_at = status.get("startTime") or now_rfc3339()
+        patch = {
+            "status": {
+                "conditions": [*kept, condition("ContainersReady", True), condition("Ready", True)],
+                "containerStatuses": self._container_statuses(pod, ready=True, started_at=started_at),
+            }
+        }
+        await self.emulator.h_patch(PODS, meta["name"], patch, namespace=meta.get("namespace"), subresource="status")
+
+    @staticmethod
+    def _container_statuses(pod: JsonDict, *, ready: bool, started_at: str) -> list[JsonDict]:
+        return [
+            {
+                "name": container.get("name", ""),
+                "image": container.get("image", ""),
+                "imageID": "",
+                "ready": ready,
+                "started": True,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": started_at}},
+            }
+            for container in (pod.get("spec") or {}).get("containers") or []
+        ]
+
+    def _pod_ip(self, uid: str) -> str:
+        """10.x.y.z, one per pod for the kubelet's life, never .0 or .255."""
+        if uid not in self._pod_ips:
+            index = len(self._pod_ips)
+            host = index % 254 + 1
+            index //= 254
+            self._pod_ips[uid] = f"10.{(index // 256) % 256}.{index % 256}.{host}"
+        return self._pod_ips[uid]
