@@ -123,7 +123,7 @@ async def test_a_not_ready_node_loses_its_replicas_after_the_grace_period(cluste
         timeout=20,
         message="replica moved off the NotReady node",
     )
-    events = [e for e in cluster.api.live_objects("v1/events", "agents") if e["reason"] == "Rescheduling"]
+    events = [e for e in cluster.api.live_objects("v1/events", "agents") if e["reason"] == "Rescheduled"]
     assert events
     assert "not Ready" in events[0]["message"]
     cluster.invariants()

@@ -199,7 +199,7 @@ class TestNodeLoss:
         cluster.settle()
         (after,) = placements(cluster, key).values()
         assert after != before
-        assert reasons(cluster)["Rescheduling"] == 1
+        assert reasons(cluster)["Rescheduled"] == 1
 
     def test_a_gang_moves_together_when_one_of_its_nodes_is_lost(self) -> None:
         cluster = FakeCluster().fleet(node(f"h{i}", H100, domain="a") for i in range(4))
@@ -291,4 +291,4 @@ def test_settings_set_the_grace_period() -> None:
     cluster.advance(3)
     outcome = cluster.step(Settings(node_grace=timedelta(seconds=2)))
     assert any(isinstance(a, DeletePod) for a in outcome.actions)
-    assert any(isinstance(a, Event) and a.reason == "Rescheduling" for a in outcome.actions)
+    assert any(isinstance(a, Event) and a.reason == "Rescheduled" for a in outcome.actions)

@@ -134,7 +134,7 @@ def reconcile(state: ClusterState, settings: Settings | None = None) -> Outcome:
                 _event(
                     workload,
                     "Warning",
-                    "Rescheduling",
+                    "Rescheduled",
                     f"replica {replica.replica} moves off {', '.join(replica.nodes)}: "
                     + "; ".join(loss.message for loss in losses),
                 )
@@ -151,7 +151,7 @@ def reconcile(state: ClusterState, settings: Settings | None = None) -> Outcome:
                 _event(
                     workload,
                     "Warning",
-                    "Rescheduling",
+                    "Rescheduled",
                     f"replica {replica.replica} is inconsistent (its pods disagree); replacing it",
                 )
             )
