@@ -5,7 +5,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck imports crds crds-check unit bench clean
+TOOLS  := .tools
+PROMTOOL := $(TOOLS)/prometheus/usr/bin/promtool
+
+.PHONY: install tools run test lint typecheck imports crds crds-check unit bench clean
 
 install: $(STAMP)
 
@@ -20,8 +23,18 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/gpufabric plan -f examples/
 
+## Prometheus' promtool (and server), from Debian's package, unpacked into .tools/ (no root needed to use it).
+tools: $(PROMTOOL)
+
+$(PROMTOOL):
+	mkdir -p $(TOOLS)/cache
+	cd $(TOOLS)/cache && (apt-get download prometheus >/dev/null 2>&1 || \
+		(apt-get update -qq >/dev/null 2>&1 && apt-get download prometheus >/dev/null))
+	dpkg -x $$(ls -t $(TOOLS)/cache/prometheus_*.deb | head -1) $(TOOLS)/prometheus
+	$(PROMTOOL) --version >/dev/null
+
 ## The whole suite: lint, types, import contracts, CRD freshness, tests.
-test: install lint typecheck imports crds-check unit
+test: install tools lint typecheck imports crds-check unit
 
 lint: install
 	$(BIN)/ruff check operator tests benchmarks
@@ -39,11 +52,11 @@ crds: install
 crds-check: install
 	$(BIN)/gpufabric crds --check
 
-unit: install
-	$(BIN)/pytest
+unit: install tools
+	PROMTOOL=$(abspath $(PROMTOOL)) $(BIN)/pytest
 
 bench: install
 	$(BIN)/python benchmarks/placement.py --quick
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .pytest_cache .ruff_cache .hypothesis

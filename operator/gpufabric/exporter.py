@@ -1,14 +1,32 @@
-"""The operator's own Prometheus metrics (`gpufabric_*`), on a registry of its own so tests can read them.
+"""The operator's Prometheus metrics (`gpufabric_*`), on a registry of its own.
 
-Names follow Prometheus conventions: counters end in `_total`, durations are `_seconds` histograms, labels
-are small closed sets (no pod names, no UIDs).
+Counters of what happened (passes, errors, writes, placements, tokens, scrape failures) and gauges built
+fresh at every scrape from the operator's last view of the fleet (devices, replicas, unschedulable
+workloads, measured tokens per device, free capacity in tokens/s). Names follow Prometheus conventions:
+counters end in `_total`, durations are `_seconds` histograms, labels are small closed sets or names of
+the user's own workloads and accelerators — never pods or UIDs. Every metric is listed in the README.
 """
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gpufabric.api.agentworkload import AgentWorkload
+from gpufabric.placement import Snapshot
+from gpufabric.reconcile import ClusterState
+from gpufabric.reconcile.ledger import replicas_of
+from gpufabric.throughput import TokenTracker, best_total, free_capacity
+from gpufabric.throughput.exposition import REASONS
+from gpufabric.throughput.learning import MIN_SAMPLES, SIZE_CLASSES, representative_size
+
+# `_created` series double the counters' series for a timestamp nobody reads here.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 PLACEMENT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -22,7 +40,7 @@ class OperatorMetrics:
         self.passes = Counter("gpufabric_reconcile_passes_total", "Reconcile passes run by the leader.", registry=r)
         self.errors = Counter(
             "gpufabric_reconcile_errors_total",
-            "Writes that failed after retries, by kind of write.",
+            "Writes that failed after retries, and passes that failed, by kind of action.",
             ["action"],
             registry=r,
         )
@@ -34,7 +52,7 @@ class OperatorMetrics:
         )
         self.placement_seconds = Histogram(
             "gpufabric_placement_decision_duration_seconds",
-            "Time to decide one reconcile pass (snapshot, placement and rendering).",
+            "Time to decide one reconcile pass (snapshot, placement, rendering, status).",
             buckets=PLACEMENT_BUCKETS,
             registry=r,
         )
@@ -42,3 +60,119 @@ class OperatorMetrics:
             "gpufabric_replicas_placed_total", "Replicas placed (new, scaled up, moved, rolled).", registry=r
         )
         self.leader = Gauge("gpufabric_leader", "1 while this instance holds the Lease and reconciles.", registry=r)
+
+    def watch(self, state: Callable[[], ClusterState | None], tokens: TokenTracker | None) -> None:
+        """Add the gauges and token counters built from live state at each scrape."""
+        self.registry.register(FleetCollector(state, tokens))
+
+
+class FleetCollector(Collector):
+    def __init__(self, state: Callable[[], ClusterState | None], tokens: TokenTracker | None) -> None:
+        self.state = state
+        self.tokens = tokens
+
+    def describe(self) -> list[object]:
+        return []  # families depend on the fleet; collected fresh each time
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        yield from self._tokens()
+        state = self.state()
+        if state is None:
+            return
+        yield from self._inventory(state)
+
+    def _tokens(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        tokens = CounterMetricFamily(
+            "gpufabric_tokens",
+            "Tokens served, summed from the serving engines' counters (resets handled).",
+            labels=["namespace", "workload", "vendor", "accelerator", "precision", "kind"],
+        )
+        failures = CounterMetricFamily(
+            "gpufabric_scrape_failures",
+            "Scrapes of serving engines that yielded nothing, by reason.",
+            labels=["reason"],
+        )
+        per_device = GaugeMetricFamily(
+            "gpufabric_tokens_per_device_second",
+            "Measured generation tokens per second per device, now, over ready replicas.",
+            labels=["vendor", "accelerator", "precision"],
+        )
+        learned = GaugeMetricFamily(
+            "gpufabric_learned_tokens_per_device_second",
+            "Learned saturated generation tokens/s per device at the size class's largest model, where placement "
+            "uses it instead of the prior.",
+            labels=["size_class", "accelerator", "precision"],
+        )
+        if self.tokens is not None:
+            for key, value in sorted(self.tokens.totals.items()):
+                tokens.add_metric(list(key), value)
+            for reason in REASONS:
+                failures.add_metric([reason], self.tokens.failures.get(reason, 0))
+            for (vendor, accelerator, precision), value in sorted(self.tokens.per_device().items()):
+                per_device.add_metric([vendor, accelerator, precision], value)
+            for (size, accelerator, precision), entry in sorted(self.tokens.learned.entries.items()):
+                if entry.samples >= MIN_SAMPLES:
+                    learned.add_metric([size, accelerator, precision], entry.normalised / representative_size(size))
+        yield from (tokens, failures, per_device, learned)
+
+    def _inventory(self, state: ClusterState) -> Iterator[GaugeMetricFamily]:
+        ledger = replicas_of(state.pods)
+        snapshot = Snapshot(
+            [
+                (node, bool(state.nodes.get(node.spec.node_name) and state.nodes[node.spec.node_name].ready))
+                for node in state.compute_nodes.values()
+            ],
+            [r.reservation() for r in ledger],
+        )
+        devices = GaugeMetricFamily(
+            "gpufabric_devices",
+            "Accelerators by state: allocated, free, unavailable (on nodes that are not Ready or cordoned).",
+            labels=["vendor", "accelerator", "state"],
+        )
+        counts: Tally[tuple[str, str, str]] = Tally()
+        for node in snapshot.nodes.values():
+            vendor, accelerator = node.node_class.vendor.value, node.node_class.accelerator
+            allocated = node.node_class.devices - node.free
+            counts[(vendor, accelerator, "allocated")] += allocated
+            counts[(vendor, accelerator, "free" if node.schedulable else "unavailable")] += node.free
+        for labels in sorted(counts):
+            devices.add_metric(list(labels), counts[labels])
+        yield devices
+
+        replicas = GaugeMetricFamily(
+            "gpufabric_replicas",
+            "Replicas by state: desired, placed, ready.",
+            labels=["namespace", "workload", "state"],
+        )
+        unschedulable = 0
+        for key, workload in sorted(state.workloads.items()):
+            namespace, name = key.split("/", 1)
+            status = workload.status
+            replicas.add_metric([namespace, name, "desired"], workload.spec.replicas)
+            replicas.add_metric([namespace, name, "placed"], len(status.placements) if status else 0)
+            replicas.add_metric([namespace, name, "ready"], status.ready_replicas if status else 0)
+            unschedulable += _unschedulable(workload)
+        yield replicas
+        yield GaugeMetricFamily(
+            "gpufabric_unschedulable_workloads",
+            "AgentWorkloads with replicas no node can take (Placed=False, Unschedulable).",
+            value=unschedulable,
+        )
+
+        capacity = GaugeMetricFamily(
+            "gpufabric_free_capacity_tokens_per_second",
+            "Generation tokens/s the free devices could serve for one more model of the size class "
+            "(single-node replicas, best precision per accelerator, learned or prior per-device throughput).",
+            labels=["size_class"],
+        )
+        if self.tokens is not None:
+            for size in SIZE_CLASSES:
+                rows = free_capacity(snapshot, representative_size(size), self.tokens.learned)
+                capacity.add_metric([size], best_total(rows))
+        yield capacity
+
+
+def _unschedulable(workload: AgentWorkload) -> int:
+    if workload.status is None:
+        return 0
+    return int(any(c.type == "Placed" and c.reason == "Unschedulable" for c in workload.status.conditions))

@@ -60,7 +60,12 @@ async def test_the_example_fleet_end_to_end(cluster: Cluster) -> None:
         await eventually(partial(cluster.ready, "agents", name), timeout=30, message=f"{name} ready")
     cluster.invariants()
     pods = cluster.pods()
-    assert len(pods) == 22  # 20 single-node replicas and one gang of two ranks
+    placed = [p for w in workloads for p in cluster.workload("agents", w["metadata"]["name"])["status"]["placements"]]
+    assert len(pods) == sum(len(p["nodes"]) for p in placed)
+    # support-agent has a 20,000 tokens/s target: the autoscaler sized it from the B200 prior (9,969 each).
+    support = cluster.workload("agents", "support-agent")
+    assert support["spec"]["replicas"] == 3
+    assert support["metadata"]["annotations"]["gpufabric.io/scaled-to"] == "3"
     frontier = cluster.workload("agents", "frontier-405b")["status"]
     (gang,) = frontier["placements"]
     assert (gang["devicesPerNode"], len(gang["nodes"])) == (8, 2)

@@ -47,6 +47,7 @@ DEFAULT_METRICS_PATH = "/metrics"
 # vLLM's token counters (docs.vllm.ai/en/stable/usage/metrics.html).
 DEFAULT_PROMPT_TOKENS_COUNTER = "vllm:prompt_tokens_total"
 DEFAULT_GENERATION_TOKENS_COUNTER = "vllm:generation_tokens_total"
+DEFAULT_WAITING_REQUESTS_GAUGE = "vllm:num_requests_waiting"
 AUTO: Literal["auto"] = "auto"
 
 HttpPath = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^/[^\s]*$")]
@@ -301,6 +302,11 @@ class Metrics(WireModel):
     path: HttpPath = DEFAULT_METRICS_PATH
     prompt_tokens_counter: MetricName = DEFAULT_PROMPT_TOKENS_COUNTER
     generation_tokens_counter: MetricName = DEFAULT_GENERATION_TOKENS_COUNTER
+    waiting_requests_gauge: MetricName | None = Field(
+        default=DEFAULT_WAITING_REQUESTS_GAUGE,
+        description="Gauge of queued requests: while it is above zero the replica is saturated, and its rate "
+        "teaches the operator what the devices can do (SGLang: sglang:num_queue_reqs).",
+    )
 
 
 class AgentWorkloadSpec(WireModel):

@@ -23,3 +23,7 @@ VENDOR = f"{API_GROUP}/vendor"
 ACCELERATOR = f"{API_GROUP}/accelerator"
 PRECISION = f"{API_GROUP}/precision"
 TEMPLATE_HASH = f"{API_GROUP}/template-hash"
+
+# Set by the tokens/s autoscaler together with spec.replicas: a different spec.replicas means someone else
+# (an HPA, KEDA, kubectl scale) now owns the count, and the autoscaler stands down.
+SCALED_TO = f"{API_GROUP}/scaled-to"

@@ -21,6 +21,7 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from gpufabric.api import labels
 from gpufabric.api.common import API_GROUP, API_VERSION
 
 log = logging.getLogger(__name__)
@@ -223,6 +224,66 @@ class Kube:
             ),
             ok=frozenset({404}),
         )
+
+    async def scale_workload(self, namespace: str, name: str, replicas: int) -> None:
+        """spec.replicas and the annotation that says the tokens/s autoscaler set it, in one patch."""
+        patch = {"metadata": {"annotations": {labels.SCALED_TO: str(replicas)}}, "spec": {"replicas": replicas}}
+        await self._call(
+            f"scale AgentWorkload {namespace}/{name} to {replicas}",
+            "patch",
+            "agentworkloads",
+            lambda: self.custom.patch_namespaced_custom_object(
+                API_GROUP,
+                API_VERSION,
+                namespace,
+                "agentworkloads",
+                name,
+                patch,
+                _content_type="application/merge-patch+json",
+                _request_timeout=REQUEST_TIMEOUT,
+                _preload_content=False,
+            ),
+            ok=frozenset({404}),
+        )
+
+    async def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            found = await asyncio.to_thread(
+                self.core.read_namespaced_config_map, name, namespace, _request_timeout=REQUEST_TIMEOUT
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise WriteFailedError(f"read ConfigMap {namespace}/{name}", error.status, _reason(error)) from None
+        return dict(found.data or {})
+
+    async def save_config_map(self, namespace: str, name: str, data: dict[str, str]) -> None:
+        """Replace the ConfigMap's data, creating the ConfigMap the first time."""
+        try:
+            await self._call(
+                f"save ConfigMap {namespace}/{name}",
+                "patch",
+                "configmaps",
+                lambda: self.core.patch_namespaced_config_map(
+                    name, namespace, cast(Any, {"data": data}), _request_timeout=REQUEST_TIMEOUT, _preload_content=False
+                ),
+            )
+        except WriteFailedError as error:
+            if error.status != 404:
+                raise
+            body = {
+                "metadata": {"name": name, "namespace": namespace, "labels": {labels.MANAGED_BY: labels.MANAGER}},
+                "data": data,
+            }
+            await self._call(
+                f"create ConfigMap {namespace}/{name}",
+                "create",
+                "configmaps",
+                lambda: self.core.create_namespaced_config_map(
+                    namespace, cast(Any, body), _request_timeout=REQUEST_TIMEOUT, _preload_content=False
+                ),
+                exists_ok=True,
+            )
 
     # --- events ----------------------------------------------------------------------------------------
 

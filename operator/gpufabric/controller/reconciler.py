@@ -38,10 +38,12 @@ from gpufabric.reconcile import (
     OwnedService,
     PatchStatus,
     PodRecord,
+    ScaleWorkload,
     Settings,
     reconcile,
 )
 from gpufabric.reconcile.observe import pod_record
+from gpufabric.throughput import TokenTracker
 
 log = logging.getLogger(__name__)
 COMPONENT = "gpu-fabric-operator"
@@ -64,6 +66,8 @@ class LoopSettings:
     max_backoff: float = 60.0
     # an action that failed is not retried by later passes until this long has passed (it doubles)
     action_backoff: float = 2.0
+    # tokensPerSecond is refreshed at least this often (if it changed at all), more often if it moved a lot
+    tokens_min_interval: float = 60.0
 
 
 @dataclass
@@ -75,6 +79,7 @@ class Reconciler:
     leadership: Leadership = field(default_factory=Leadership.always)
     expectations: Expectations = field(default_factory=Expectations)
     indexes: Mapping[str, Any] = field(default_factory=dict)
+    tokens: TokenTracker | None = None
 
     def __post_init__(self) -> None:
         self._wake = asyncio.Event()
@@ -84,7 +89,9 @@ class Reconciler:
         self._held: dict[str, tuple[int, float]] = {}
         self._sent_status: dict[str, tuple[Any, Any]] = {}
         self._recent_events: dict[tuple[str, str, str], float] = {}
+        self._tokens_written: dict[str, float] = {}
         self.last_outcome: Outcome | None = None
+        self.last_state: ClusterState | None = None
         self.last_error: str | None = None
         self.passes = 0
 
@@ -97,6 +104,10 @@ class Reconciler:
         self._ready.set()
 
     def trigger(self) -> None:
+        self._wake.set()
+
+    def tokens_changed(self) -> None:
+        """A scrape round finished: status and the autoscaler may have news."""
         self._wake.set()
 
     # --- the loop -----------------------------------------------------------------------------------------
@@ -129,6 +140,7 @@ class Reconciler:
 
     async def run_pass(self) -> Outcome:
         state = self.state()
+        self.last_state = state
         started = time.perf_counter()
         outcome = await asyncio.to_thread(reconcile, state, self.settings)
         self.metrics.placement_seconds.observe(time.perf_counter() - started)
@@ -148,7 +160,7 @@ class Reconciler:
             return []
         return [value for store in index.values() for value in store]
 
-    def state(self) -> ClusterState:
+    def state(self, *, with_tokens: bool = True) -> ClusterState:
         compute_nodes = {v.name: v for v in self._values(COMPUTE_NODE_INDEX) if isinstance(v, ComputeNode)}
         workloads: dict[str, AgentWorkload] = {}
         invalid: dict[str, InvalidWorkload] = {}
@@ -166,6 +178,20 @@ class Reconciler:
             for value in store:
                 services[key] = value
         pods = self.expectations.overlay(v for v in self._values(POD_INDEX) if isinstance(v, PodRecord))
+        report = self.tokens.report(workloads, time.monotonic()) if self.tokens is not None and with_tokens else None
+        now = time.monotonic()
+        stale = frozenset(
+            [
+                f"AgentWorkload:{k}"
+                for k in workloads
+                if now - self._tokens_written.get(f"AgentWorkload:{k}", 0.0) >= self.loop.tokens_min_interval
+            ]
+            + [
+                f"ComputeNode:{n}"
+                for n in compute_nodes
+                if now - self._tokens_written.get(f"ComputeNode:{n}", 0.0) >= self.loop.tokens_min_interval
+            ]
+        )
         return ClusterState(
             compute_nodes=compute_nodes,
             nodes=nodes,
@@ -174,6 +200,8 @@ class Reconciler:
             services=services,
             now=datetime.now(UTC),
             invalid_workloads=invalid,
+            tokens=report,
+            tokens_stale=stale,
         )
 
     # --- actions ----------------------------------------------------------------------------------------------
@@ -251,6 +279,10 @@ class Reconciler:
                             partial(self._remember_status, target, status, state),
                         )
                     )
+                case ScaleWorkload(namespace=ns, name=name, replicas=replicas):
+                    creates.append(
+                        guarded(f"scale:{ns}/{name}", partial(self.kube.scale_workload, ns, name, replicas), _nothing)
+                    )
                 case Event():
                     if self._recently_sent(action):
                         continue
@@ -290,6 +322,9 @@ class Reconciler:
 
     def _remember_status(self, target: str, status: dict[str, Any], state: ClusterState) -> None:
         self._sent_status[target] = (status, self._observed_status(target, state))
+        if "tokensPerSecond" in status:
+            kind, _, key = target.partition(":")
+            self._tokens_written[f"{kind}:{key.lstrip('/')}"] = time.monotonic()
 
     def _recently_sent(self, event: Event, window: float = 60.0) -> bool:
         key = (f"{event.namespace}/{event.name}", event.reason, event.message)

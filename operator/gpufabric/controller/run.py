@@ -21,8 +21,13 @@ from gpufabric.controller.handlers import register
 from gpufabric.controller.kube import Kube
 from gpufabric.controller.leader import Leadership
 from gpufabric.controller.reconciler import LoopSettings, Reconciler
+from gpufabric.controller.scraper import Scraper, ScrapeSettings, pod_url
+from gpufabric.controller.store import LearnedStore
 from gpufabric.exporter import OperatorMetrics
+from gpufabric.placement import PriorThroughput
 from gpufabric.reconcile import Settings
+from gpufabric.throughput import ScrapeTarget, TokenTracker
+from gpufabric.vendors import ACCELERATORS
 
 log = logging.getLogger(__name__)
 DEFAULT_LEASE_NAMESPACE = "gpufabric-system"
@@ -41,6 +46,13 @@ class OperatorOptions:
     identity: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
     lease_seconds: int = 15
     loop: LoopSettings = field(default_factory=LoopSettings)
+    scrape: ScrapeSettings = field(default_factory=ScrapeSettings)
+    # rates average over this many seconds; the autoscaler scales down only after this stabilisation
+    tokens_window: float = 60.0
+    autoscale_stabilisation: float = 300.0
+    learned_save_every: float = 60.0
+    # where scrapes go; tests point pods at local servers through it
+    scrape_url: Callable[[ScrapeTarget], str] = pod_url
 
 
 def default_api_client() -> client.ApiClient:
@@ -69,6 +81,11 @@ class Operator:
             self.api_client,
             on_write=lambda verb, resource: self.metrics.writes.labels(verb=verb, resource=resource).inc(),
         )
+        self.tokens = TokenTracker(
+            prior=PriorThroughput(dict(ACCELERATORS)),
+            window=self.options.tokens_window,
+            stabilisation=self.options.autoscale_stabilisation,
+        )
         self.leadership = (
             Leadership(
                 self.kube,
@@ -83,11 +100,20 @@ class Operator:
         )
         self.reconciler = Reconciler(
             kube=self.kube,
-            settings=Settings(node_grace=timedelta(seconds=self.options.node_grace_seconds)),
+            # Placement reads per-device throughput from what the fleet has measured, the prior elsewhere.
+            settings=Settings(
+                node_grace=timedelta(seconds=self.options.node_grace_seconds), source=self.tokens.learned
+            ),
             loop=self.options.loop,
             metrics=self.metrics,
             leadership=self.leadership,
+            tokens=self.tokens,
         )
+        self.scraper = Scraper(self.tokens, self.reconciler, self.options.scrape, url_for=self.options.scrape_url)
+        self.store = LearnedStore(
+            self.kube, self.options.lease_namespace, self.tokens.learned, every=self.options.learned_save_every
+        )
+        self.metrics.watch(lambda: self.reconciler.last_state, self.tokens)
         self.leadership.on_elected = self.reconciler.trigger
         register(self.registry, self.reconciler, discover_nodes=self.options.discover_nodes)
         if self.login is not None:
@@ -99,8 +125,11 @@ class Operator:
 
         @kopf.on.startup(registry=self.registry)
         async def start_loops(**_: Any) -> None:
+            await self.store.load()  # what earlier runs learned: a restart does not forget it
             tasks.append(asyncio.create_task(self.leadership.run(stop), name="gpufabric-lease"))
             tasks.append(asyncio.create_task(self.reconciler.run(stop), name="gpufabric-reconciler"))
+            tasks.append(asyncio.create_task(self.scraper.run(stop), name="gpufabric-scraper"))
+            tasks.append(asyncio.create_task(self.store.run(stop, self.leadership), name="gpufabric-learned-store"))
 
         @kopf.on.cleanup(registry=self.registry)
         async def stop_loops(**_: Any) -> None:

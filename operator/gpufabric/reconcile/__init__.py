@@ -1,7 +1,16 @@
 """Reconciliation: the operator's decisions as pure functions — ledger, scaling, rolling updates, node loss,
 status — from plain cluster state to a list of actions the controller carries out."""
 
-from gpufabric.reconcile.actions import Action, CreatePod, CreateService, DeletePod, DeleteService, Event, PatchStatus
+from gpufabric.reconcile.actions import (
+    Action,
+    CreatePod,
+    CreateService,
+    DeletePod,
+    DeleteService,
+    Event,
+    PatchStatus,
+    ScaleWorkload,
+)
 from gpufabric.reconcile.passes import Outcome, Settings, reconcile
 from gpufabric.reconcile.state import ClusterState, InvalidWorkload, NodeHealth, OwnedService, PodRecord
 
@@ -19,6 +28,7 @@ __all__ = [
     "OwnedService",
     "PatchStatus",
     "PodRecord",
+    "ScaleWorkload",
     "Settings",
     "reconcile",
 ]

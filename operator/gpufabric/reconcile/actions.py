@@ -46,6 +46,15 @@ class PatchStatus:
 
 
 @dataclass(frozen=True)
+class ScaleWorkload:
+    """Set spec.replicas (and the scaled-to annotation that marks the autoscaler as its owner)."""
+
+    namespace: str
+    name: str
+    replicas: int
+
+
+@dataclass(frozen=True)
 class Event:
     kind: str
     namespace: str | None
@@ -56,4 +65,4 @@ class Event:
     message: str
 
 
-Action = CreatePod | DeletePod | CreateService | DeleteService | PatchStatus | Event
+Action = CreatePod | DeletePod | CreateService | DeleteService | PatchStatus | ScaleWorkload | Event

@@ -50,6 +50,7 @@ def pod_record(body: Mapping[str, Any]) -> PodRecord:
             ready=_pod_ready(body),
             terminating=bool(meta.get("deletionTimestamp")),
             unschedulable=_unschedulable(body),
+            ip=(body.get("status") or {}).get("podIP"),
         )
     except (KeyError, ValueError, TypeError) as error:
         raise NotOurs(

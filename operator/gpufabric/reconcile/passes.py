@@ -18,20 +18,32 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from gpufabric.api import labels
 from gpufabric.api.agentworkload import AgentWorkload, ReplicaPlacement
 from gpufabric.api.computenode import ComputeNode
 from gpufabric.placement import PriorThroughput, Snapshot, ThroughputSource, Weights, place
 from gpufabric.placement.engine import Decision
 from gpufabric.placement.requests import ReplicaRequest, WorkloadRequest
-from gpufabric.reconcile.actions import Action, CreatePod, CreateService, DeletePod, DeleteService, Event, PatchStatus
+from gpufabric.reconcile.actions import (
+    Action,
+    CreatePod,
+    CreateService,
+    DeletePod,
+    DeleteService,
+    Event,
+    PatchStatus,
+    ScaleWorkload,
+)
 from gpufabric.reconcile.conditions import same
 from gpufabric.reconcile.ledger import LedgerReplica, replicas_of
 from gpufabric.reconcile.state import ClusterState
 from gpufabric.reconcile.status import (
+    TargetReport,
     WorkloadReport,
     compute_node_status,
     invalid_workload_conditions,
     status_patch,
+    tokens_to_write,
     workload_status,
 )
 from gpufabric.reconcile.workloads import step
@@ -42,6 +54,7 @@ from gpufabric.rendering import (
     render_replica_service,
     replica_service_name,
 )
+from gpufabric.throughput.tracker import TokenReport
 from gpufabric.vendors import ACCELERATORS
 
 DEFAULT_NODE_GRACE = timedelta(seconds=30)
@@ -256,16 +269,36 @@ def reconcile(state: ClusterState, settings: Settings | None = None) -> Outcome:
         if workload.status is None or workload.status.unschedulable_reason != reason:
             events.append(_event(workload, "Warning", "Unschedulable", reason))
 
-    # 4. Services, statuses.
+    # 4. Services, statuses, the tokens/s autoscaler.
+    tokens = state.tokens
     for key, workload in sorted(state.workloads.items()):
         actions += _services(state, workload, live.get(key, []), placed.get(key, []))
+        stale = f"AgentWorkload:{key}" in state.tokens_stale
+        old_tokens = {p.replica: p.tokens_per_second for p in (workload.status.placements if workload.status else [])}
+        running = [
+            _placement_of(r).model_copy(
+                update={
+                    "tokens_per_second": tokens_to_write(
+                        old_tokens.get(r.replica), tokens.replicas.get((key, r.replica)) if tokens else None, stale
+                    )
+                }
+            )
+            for r in live.get(key, [])
+        ]
+        target, scale = _autoscale(workload, tokens, refusals.get(key))
+        if scale is not None:
+            actions.append(scale[0])
+            events.append(scale[1])
         report = WorkloadReport(
-            placements=tuple([_placement_of(r) for r in live.get(key, [])] + placed.get(key, [])),
+            placements=tuple(running + placed.get(key, [])),
             ready=sum(1 for r in live.get(key, []) if r.ready),
             refusal=refusals.get(key),
             unready_pods=tuple(
                 f"{p.name}: {p.unschedulable}" for r in live.get(key, []) for p in r.pods if p.unschedulable
             ),
+            tokens=tokens.workloads.get(key) if tokens else None,
+            tokens_stale=stale,
+            target=target,
         )
         new_status = workload_status(workload, report, now)
         patch = status_patch(workload.status, new_status)
@@ -298,12 +331,51 @@ def reconcile(state: ClusterState, settings: Settings | None = None) -> Outcome:
             )
     after = _ledger_after(ledger, result.decisions)
     for name, node in sorted(state.compute_nodes.items()):
-        node_status = compute_node_status(node, state.nodes.get(node.spec.node_name), after, now)
+        node_status = compute_node_status(
+            node,
+            state.nodes.get(node.spec.node_name),
+            after,
+            now,
+            tokens=tokens.nodes.get(name) if tokens else None,
+            tokens_stale=f"ComputeNode:{name}" in state.tokens_stale,
+        )
         patch = status_patch(node.status, node_status)
         if patch:
             actions.append(PatchStatus("ComputeNode", None, name, patch))
 
     return Outcome(tuple(actions + events), wake_at, result.decisions, len(result.refusals))
+
+
+def _autoscale(
+    workload: AgentWorkload, tokens: TokenReport | None, refusal: str | None
+) -> tuple[TargetReport | None, tuple[ScaleWorkload, Event] | None]:
+    """The target's standing for status, and a scale action when the autoscaler owns the replica count."""
+    throughput = workload.spec.throughput
+    if throughput is None or throughput.target_tokens_per_second is None:
+        return None, None
+    recorded = workload.metadata.annotations.get(labels.SCALED_TO)
+    external = recorded is not None and recorded != str(workload.spec.replicas)
+    recommendation = tokens.recommendations.get(workload.key) if tokens else None
+    target = TargetReport(
+        target=throughput.target_tokens_per_second,
+        capacity=tokens.capacity.get(workload.key, 0.0) if tokens else 0.0,
+        needed_for_target=recommendation.needed_for_target if recommendation else None,
+        maximum=throughput.max_replicas or workload.spec.replicas,
+        external_scaler=external,
+    )
+    if external or recommendation is None or recommendation.desired == workload.spec.replicas:
+        return target, None
+    demand = tokens.workloads.get(workload.key) if tokens else None
+    event = _event(
+        workload,
+        "Normal",
+        "Autoscaled",
+        f"{workload.spec.replicas} -> {recommendation.desired} replicas: {recommendation.reason} "
+        f"(measured {demand.generation if demand else 0:,.0f} generation tokens/s, "
+        f"target {throughput.target_tokens_per_second:,.0f})"
+        + (f"; no room for more: {refusal}" if refusal and recommendation.desired > workload.spec.replicas else ""),
+    )
+    return target, (ScaleWorkload(workload.namespace, workload.name, recommendation.desired), event)
 
 
 def _delete_replica(replica: LedgerReplica, *, force: bool, reason: str) -> list[Action]:

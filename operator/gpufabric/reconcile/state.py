@@ -9,6 +9,7 @@ from datetime import datetime
 from gpufabric.api.agentworkload import AgentWorkload
 from gpufabric.api.common import Condition
 from gpufabric.api.computenode import ComputeNode
+from gpufabric.throughput.tracker import TokenReport
 from gpufabric.vendors import Precision, Vendor
 
 
@@ -33,6 +34,8 @@ class PodRecord:
     terminating: bool = False
     # kube-scheduler could not place it (PodScheduled=False, reason Unschedulable); its message
     unschedulable: str | None = None
+    # where its metrics can be scraped
+    ip: str | None = None
 
     @property
     def workload_key(self) -> str:
@@ -83,3 +86,8 @@ class ClusterState:
     now: datetime
     invalid_workloads: Mapping[str, InvalidWorkload] = field(default_factory=dict)
     invalid_compute_nodes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # measured tokens/s and autoscaler recommendations (None until the first scrape)
+    tokens: TokenReport | None = None
+    # objects ("AgentWorkload:ns/name", "ComputeNode:name") whose tokensPerSecond was last written longer ago
+    # than the minimum interval: they may be refreshed even if the value barely moved
+    tokens_stale: frozenset[str] = frozenset()

@@ -11,11 +11,28 @@ from typing import Any
 from gpufabric.api.agentworkload import AgentWorkload, AgentWorkloadStatus, ReplicaPlacement
 from gpufabric.api.common import Condition
 from gpufabric.api.computenode import ComputeNode, ComputeNodeStatus, NodeWorkload
+from gpufabric.api.tokens import TokensPerSecond
 from gpufabric.reconcile.conditions import Wanted, merge
 from gpufabric.reconcile.ledger import LedgerReplica
 from gpufabric.reconcile.state import NodeHealth
 from gpufabric.rendering.names import selector_string
 from gpufabric.vendors import Vendor
+
+# tokensPerSecond is rewritten when it moves by more than this share (or this many tokens/s), or when the
+# last write is older than the operator's minimum interval — never on every scrape.
+TOKENS_RELATIVE_THRESHOLD = 0.1
+TOKENS_ABSOLUTE_THRESHOLD = 1.0
+
+
+@dataclass(frozen=True)
+class TargetReport:
+    """The tokens/s target's standing, for ThroughputBelowTarget and Autoscaling."""
+
+    target: float
+    capacity: float
+    needed_for_target: int | None
+    maximum: int
+    external_scaler: bool
 
 
 @dataclass(frozen=True)
@@ -26,6 +43,72 @@ class WorkloadReport:
     ready: int
     refusal: str | None
     unready_pods: tuple[str, ...]  # "pod: why" for pods kube-scheduler will not place
+    tokens: TokensPerSecond | None = None
+    tokens_stale: bool = False
+    target: TargetReport | None = None
+
+
+def tokens_to_write(old: TokensPerSecond | None, new: TokensPerSecond | None, stale: bool) -> TokensPerSecond | None:
+    """What status should say: the new measurement if it moved enough (or the old one is stale), else the
+    old one unchanged (so no patch)."""
+    if new is None:
+        return old
+    if old is None:
+        return new
+    if new == old:
+        return old
+    moved = any(
+        abs(a - b) > max(TOKENS_ABSOLUTE_THRESHOLD, TOKENS_RELATIVE_THRESHOLD * b)
+        for a, b in ((new.prompt, old.prompt), (new.generation, old.generation))
+    )
+    return new if moved or stale else old
+
+
+def _target_conditions(target: TargetReport, report: WorkloadReport) -> list[Wanted]:
+    wanted: list[Wanted] = []
+    if target.external_scaler:
+        wanted.append(
+            Wanted(
+                "Autoscaling",
+                False,
+                "ExternalScaler",
+                "spec.replicas was changed by someone else (an HPA, KEDA, kubectl scale): the tokens/s "
+                "autoscaler stands down; remove the gpufabric.io/scaled-to annotation to hand it back",
+            )
+        )
+    else:
+        wanted.append(
+            Wanted(
+                "Autoscaling",
+                True,
+                "TokensPerSecondTarget",
+                f"scaling between the replica bounds for {target.target:,.0f} generation tokens/s",
+            )
+        )
+    summary = f"predicted capacity {target.capacity:,.0f} of {target.target:,.0f} generation tokens/s"
+    if target.capacity >= target.target:
+        wanted.append(Wanted("ThroughputBelowTarget", False, "TargetMet", summary))
+    elif report.refusal is not None:
+        wanted.append(
+            Wanted(
+                "ThroughputBelowTarget",
+                True,
+                "InsufficientCapacity",
+                f"{summary}; no capacity for more replicas: {report.refusal}",
+            )
+        )
+    elif target.needed_for_target is not None and target.needed_for_target > target.maximum:
+        wanted.append(
+            Wanted(
+                "ThroughputBelowTarget",
+                True,
+                "MaxReplicasReached",
+                f"{summary}; the target needs {target.needed_for_target} replicas, maxReplicas is {target.maximum}",
+            )
+        )
+    else:
+        wanted.append(Wanted("ThroughputBelowTarget", True, "Scaling", f"{summary}; replicas are being added"))
+    return wanted
 
 
 def workload_status(workload: AgentWorkload, report: WorkloadReport, now: datetime) -> AgentWorkloadStatus:
@@ -55,9 +138,11 @@ def workload_status(workload: AgentWorkload, report: WorkloadReport, now: dateti
         degraded = Wanted("Degraded", True, "ReplicasUnavailable", f"{report.ready}/{wanted} replicas ready")
     else:
         degraded = Wanted("Degraded", False, "AsExpected", f"{report.ready}/{wanted} replicas ready")
-    conditions = merge(
-        current.conditions, [placed_condition, ready_condition, degraded], workload.metadata.generation, now
-    )
+    wanted_conditions = [placed_condition, ready_condition, degraded]
+    if report.target is not None:
+        wanted_conditions += _target_conditions(report.target, report)
+    conditions = merge(current.conditions, wanted_conditions, workload.metadata.generation, now)
+    old_by_replica = {p.replica: p.tokens_per_second for p in current.placements}
     vendors = sorted({p.vendor for p in report.placements}, key=lambda v: list(Vendor).index(v))
     return current.model_copy(
         update={
@@ -65,7 +150,14 @@ def workload_status(workload: AgentWorkload, report: WorkloadReport, now: dateti
             "conditions": conditions,
             "replicas": placed,
             "ready_replicas": report.ready,
-            "placements": sorted(report.placements, key=lambda p: p.replica),
+            "placements": sorted(
+                (
+                    p.model_copy(update={"tokens_per_second": p.tokens_per_second or old_by_replica.get(p.replica)})
+                    for p in report.placements
+                ),
+                key=lambda p: p.replica,
+            ),
+            "tokens_per_second": tokens_to_write(current.tokens_per_second, report.tokens, report.tokens_stale),
             "unschedulable_reason": report.refusal,
             "selector": selector_string(workload.name),
             "vendors": ",".join(v.value for v in vendors) or None,
@@ -81,7 +173,13 @@ def invalid_workload_conditions(
 
 
 def compute_node_status(
-    node: ComputeNode, health: NodeHealth | None, replicas: Sequence[LedgerReplica], now: datetime
+    node: ComputeNode,
+    health: NodeHealth | None,
+    replicas: Sequence[LedgerReplica],
+    now: datetime,
+    *,
+    tokens: TokensPerSecond | None = None,
+    tokens_stale: bool = False,
 ) -> ComputeNodeStatus:
     spec = node.spec
     allocated = 0
@@ -128,6 +226,7 @@ def compute_node_status(
                 NodeWorkload(namespace=ns, name=name, devices=devices)
                 for (ns, name), devices in sorted(per_workload.items())
             ],
+            "tokens_per_second": tokens_to_write(current.tokens_per_second, tokens, tokens_stale),
         }
     )
 

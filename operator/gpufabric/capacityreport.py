@@ -1,0 +1,134 @@
+"""`gpufabric capacity`: free fabric capacity in tokens/s, from manifests or from the live cluster."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gpufabric.manifests import Fleet
+from gpufabric.placement import PriorThroughput, Snapshot, ThroughputSource
+from gpufabric.placement.plan import is_ready, plan_fleet
+from gpufabric.placement.snapshot import ExistingReplica
+from gpufabric.throughput import CapacityRow, LearnedThroughput, best_total, free_capacity
+from gpufabric.throughput.learning import STORE_CONFIG_MAP as CONFIG_MAP
+from gpufabric.throughput.learning import STORE_KEY as KEY
+from gpufabric.vendors import ACCELERATORS, Precision
+
+
+@dataclass(frozen=True)
+class CapacityReport:
+    parameters_billions: float
+    rows: tuple[CapacityRow, ...]
+    total: float
+    source: str
+
+
+def capacity_from_files(
+    fleet: Fleet, parameters_billions: float, precisions: Sequence[Precision] | None
+) -> CapacityReport:
+    """Free capacity once the manifests' workloads are placed (as `gpufabric plan` would place them)."""
+    prior = PriorThroughput(dict(ACCELERATORS))
+    plan = plan_fleet(fleet.nodes, fleet.workloads, prior)
+    taken = [ExistingReplica(d.workload, d.replica, d.nodes, d.devices_per_node) for d in (*plan.running, *plan.placed)]
+    snapshot = Snapshot([(node, is_ready(node)) for node in fleet.nodes], taken)
+    return _report(snapshot, parameters_billions, precisions, prior, "manifests, after placing their workloads")
+
+
+def capacity_from_cluster(
+    kubeconfig: str | None, parameters_billions: float, precisions: Sequence[Precision] | None
+) -> CapacityReport:
+    """Free capacity now: ComputeNodes and Node readiness, allocations from the operator's pods, and the
+    throughput the operator has learned (its ConfigMap), else the priors."""
+    from kubernetes import client, config  # noqa: PLC0415 - only this path talks to a cluster
+
+    from gpufabric.api.common import API_GROUP, API_VERSION  # noqa: PLC0415
+    from gpufabric.api.computenode import ComputeNode  # noqa: PLC0415
+    from gpufabric.reconcile.ledger import replicas_of  # noqa: PLC0415
+    from gpufabric.reconcile.observe import NotOurs, node_health, pod_record  # noqa: PLC0415
+
+    config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    api: Any = client.ApiClient()
+    custom: Any = client.CustomObjectsApi(api)
+    core: Any = client.CoreV1Api(api)
+    nodes = [
+        ComputeNode.model_validate(item)
+        for item in custom.list_cluster_custom_object(API_GROUP, API_VERSION, "computenodes")["items"]
+    ]
+    health = {n.metadata.name: node_health(api.sanitize_for_serialization(n)) for n in core.list_node().items}
+    records = []
+    for pod in core.list_pod_for_all_namespaces(
+        label_selector="app.kubernetes.io/managed-by=gpu-fabric-operator"
+    ).items:
+        try:
+            records.append(pod_record(api.sanitize_for_serialization(pod)))
+        except NotOurs:
+            continue
+    snapshot = Snapshot(
+        [(n, bool(health.get(n.spec.node_name) and health[n.spec.node_name].ready)) for n in nodes],
+        [r.reservation() for r in replicas_of(records)],
+    )
+    source: ThroughputSource = PriorThroughput(dict(ACCELERATORS))
+    origin = "live cluster, vendor-table priors"
+    learned = LearnedThroughput(source)
+    for item in core.list_config_map_for_all_namespaces(field_selector=f"metadata.name={CONFIG_MAP}").items:
+        if item.data and KEY in item.data and not learned.load(item.data[KEY]):
+            source, origin = learned, "live cluster, learned throughput where measured"
+    return _report(snapshot, parameters_billions, precisions, source, origin)
+
+
+def _report(
+    snapshot: Snapshot,
+    parameters_billions: float,
+    precisions: Sequence[Precision] | None,
+    source: ThroughputSource,
+    origin: str,
+) -> CapacityReport:
+    rows = tuple(free_capacity(snapshot, parameters_billions, source, precisions))
+    return CapacityReport(parameters_billions, rows, best_total(rows), origin)
+
+
+def render(report: CapacityReport, output: str) -> str:
+    if output == "json":
+        return (
+            json.dumps(
+                {
+                    "parametersBillions": report.parameters_billions,
+                    "source": report.source,
+                    "totalTokensPerSecond": round(report.total, 1),
+                    "rows": [
+                        {
+                            "vendor": r.vendor.value,
+                            "accelerator": r.accelerator,
+                            "precision": r.precision.value,
+                            "roceDomain": r.domain,
+                            "replicas": r.replicas,
+                            "devicesPerReplica": r.devices_per_replica,
+                            "tokensPerSecond": round(r.tokens_per_second, 1),
+                        }
+                        for r in report.rows
+                    ],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    header = ["VENDOR", "ACCELERATOR", "PRECISION", "DOMAIN", "REPLICAS", "DEVICES/REPLICA", "TOKENS/S"]
+    rows = [
+        [
+            r.vendor.value,
+            r.accelerator,
+            r.precision.value,
+            r.domain or "-",
+            str(r.replicas),
+            str(r.devices_per_replica),
+            f"{r.tokens_per_second:,.0f}",
+        ]
+        for r in report.rows
+    ]
+    widths = [max(len(c) for c in column) for column in zip(header, *rows, strict=False)]
+    lines = [f"Free capacity for a {report.parameters_billions:g}B model ({report.source}):"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
+    lines.append(f"TOTAL (best precision per accelerator and domain): {report.total:,.0f} generation tokens/s")
+    return "\n".join(lines) + "\n"

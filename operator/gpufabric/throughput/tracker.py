@@ -1,0 +1,195 @@
+"""Everything measured about tokens, kept between scrapes: per-pod counter series, fleet totals that only
+ever grow (for gpufabric_tokens_total), scrape failures, the learned throughput table, and one autoscaler
+per workload. Pure state: the caller supplies readings and the time."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from gpufabric.api.agentworkload import AgentWorkload, ReplicaPlacement
+from gpufabric.api.tokens import TokensPerSecond
+from gpufabric.placement.estimates import ThroughputSource, replica_tokens_per_second
+from gpufabric.throughput.autoscale import Autoscaler, Inputs, Recommendation
+from gpufabric.throughput.exposition import Reading, ScrapeProblem
+from gpufabric.throughput.learning import LearnedThroughput
+from gpufabric.throughput.rates import CounterSeries
+from gpufabric.vendors import Precision, Vendor
+
+KINDS = ("prompt", "generation")
+
+
+@dataclass(frozen=True)
+class ScrapeTarget:
+    """Rank 0 of a ready replica: where its serving engine reports tokens."""
+
+    pod: str  # namespace/name
+    workload: str  # namespace/name
+    replica: int
+    vendor: Vendor
+    accelerator: str
+    precision: Precision
+    devices: int
+    nodes: tuple[str, ...]
+    parameters_billions: float
+    prompt_counter: str
+    generation_counter: str
+    waiting_gauge: str | None
+    pod_ip: str
+    port: int
+    path: str
+
+
+@dataclass
+class PodSeries:
+    target: ScrapeTarget
+    prompt: CounterSeries
+    generation: CounterSeries
+    waiting: float | None = None
+
+
+@dataclass(frozen=True)
+class TokenReport:
+    """The measured picture a reconcile pass writes into status."""
+
+    replicas: Mapping[tuple[str, int], TokensPerSecond]
+    workloads: Mapping[str, TokensPerSecond]
+    nodes: Mapping[str, TokensPerSecond]
+    recommendations: Mapping[str, Recommendation]
+    # workload -> predicted capacity (tokens/s) of its current replicas, for ThroughputBelowTarget
+    capacity: Mapping[str, float]
+
+
+@dataclass
+class TokenTracker:
+    prior: ThroughputSource
+    window: float = 60.0
+    stabilisation: float = 300.0
+    series: dict[str, PodSeries] = field(default_factory=dict)
+    # (namespace, workload, vendor, accelerator, precision, kind) -> tokens counted so far
+    totals: dict[tuple[str, str, str, str, str, str], float] = field(default_factory=lambda: defaultdict(float))
+    failures: Counter[str] = field(default_factory=Counter)
+    autoscalers: dict[str, Autoscaler] = field(default_factory=dict)
+    learned: LearnedThroughput = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.learned = LearnedThroughput(self.prior)
+
+    # --- scrapes ---------------------------------------------------------------------------------------
+
+    def observe(self, target: ScrapeTarget, outcome: Reading | ScrapeProblem, at: float) -> None:
+        if isinstance(outcome, ScrapeProblem):
+            self.failures[outcome.reason] += 1
+            return
+        current = self.series.get(target.pod)
+        if current is None or current.target != target:
+            # A new pod, or the same name now describing another replica: a new series (totals keep counting).
+            current = PodSeries(target, CounterSeries(self.window), CounterSeries(self.window))
+            self.series[target.pod] = current
+        namespace, workload = target.workload.split("/", 1)
+        accepted = True
+        for kind, series, value in (
+            ("prompt", current.prompt, outcome.prompt),
+            ("generation", current.generation, outcome.generation),
+        ):
+            grown = series.add(at, value)
+            if grown is None:
+                accepted = False
+                continue
+            key = (namespace, workload, target.vendor.value, target.accelerator, target.precision.value, kind)
+            self.totals[key] += grown
+        if not accepted:
+            self.failures["invalid_value"] += 1
+        current.waiting = outcome.waiting
+        rate = current.generation.rate()
+        if outcome.waiting is not None and outcome.waiting > 0 and rate > 0 and len(current.generation.samples) >= 3:
+            self.learned.observe(target.accelerator, target.precision, target.parameters_billions, target.devices, rate)
+
+    def forget_missing(self, live: Iterable[str]) -> None:
+        """Drop series of pods that are no longer scraped (their counted tokens stay in the totals)."""
+        keep = set(live)
+        for pod in [p for p in self.series if p not in keep]:
+            del self.series[pod]
+
+    # --- reading -----------------------------------------------------------------------------------------
+
+    def rates(self) -> dict[tuple[str, int], tuple[ScrapeTarget, TokensPerSecond, bool]]:
+        """Per replica: its rank-0 pod's rates, and whether requests are queueing."""
+        found = {}
+        for series in self.series.values():
+            target = series.target
+            found[(target.workload, target.replica)] = (
+                target,
+                TokensPerSecond(prompt=round(series.prompt.rate(), 1), generation=round(series.generation.rate(), 1)),
+                bool(series.waiting),
+            )
+        return found
+
+    def report(self, workloads: Mapping[str, AgentWorkload], now: float) -> TokenReport:
+        rates = self.rates()
+        per_workload: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        per_node: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        saturated: set[str] = set()
+        for (workload_key, _), (target, tps, queueing) in rates.items():
+            per_workload[workload_key][0] += tps.prompt
+            per_workload[workload_key][1] += tps.generation
+            for node in target.nodes:  # a gang's tokens are shared evenly by its nodes
+                per_node[node][0] += tps.prompt / len(target.nodes)
+                per_node[node][1] += tps.generation / len(target.nodes)
+            if queueing:
+                saturated.add(workload_key)
+        recommendations: dict[str, Recommendation] = {}
+        capacity: dict[str, float] = {}
+        for key, workload in workloads.items():
+            placements = workload.status.placements if workload.status else []
+            per_replica = [self.replica_capacity(workload, p) for p in placements]
+            capacity[key] = sum(per_replica)
+            throughput = workload.spec.throughput
+            if throughput is None or throughput.target_tokens_per_second is None or not per_replica:
+                continue
+            inputs = Inputs(
+                target=throughput.target_tokens_per_second,
+                demand=per_workload[key][1] if key in per_workload else 0.0,
+                capacity_per_replica=sum(per_replica) / len(per_replica),
+                saturated=key in saturated,
+                current=workload.spec.replicas,
+                minimum=throughput.min_replicas,
+                maximum=throughput.max_replicas or workload.spec.replicas,
+            )
+            scaler = self.autoscalers.setdefault(key, Autoscaler(self.stabilisation))
+            recommendations[key] = scaler.recommend(now, inputs)
+        return TokenReport(
+            replicas={k: v[1] for k, v in rates.items()},
+            workloads={k: _tps(v) for k, v in per_workload.items()},
+            nodes={k: _tps(v) for k, v in per_node.items()},
+            recommendations=recommendations,
+            capacity=capacity,
+        )
+
+    def replica_capacity(self, workload: AgentWorkload, placement: ReplicaPlacement) -> float:
+        value = replica_tokens_per_second(
+            self.learned,
+            accelerator=placement.accelerator,
+            memory_gib=0.0,
+            precision=placement.precision,
+            parameters_billions=workload.spec.model.parameters_billions,
+            devices_per_node=placement.devices_per_node,
+            nodes=len(placement.nodes),
+        )
+        return value if math.isfinite(value) else 0.0
+
+    def per_device(self) -> dict[tuple[str, str, str], float]:
+        """Measured generation tokens/s per device now, by (vendor, accelerator, precision)."""
+        tokens: dict[tuple[str, str, str], float] = defaultdict(float)
+        devices: dict[tuple[str, str, str], int] = defaultdict(int)
+        for target, tps, _ in self.rates().values():
+            key = (target.vendor.value, target.accelerator, target.precision.value)
+            tokens[key] += tps.generation
+            devices[key] += target.devices
+        return {key: tokens[key] / devices[key] for key in tokens if devices[key]}
+
+
+def _tps(values: list[float]) -> TokensPerSecond:
+    return TokensPerSecond(prompt=round(values[0], 1), generation=round(values[1], 1))

@@ -1,0 +1,122 @@
+"""The exporter's output: every documented metric, bounded labels, and `promtool check metrics` clean."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gpufabric.exporter import OperatorMetrics
+from gpufabric.placement import PriorThroughput
+from gpufabric.throughput import Reading, ScrapeProblem, ScrapeTarget, TokenTracker
+from gpufabric.vendors import ACCELERATORS, Precision, Vendor
+from support.fakecluster import FakeCluster
+from support.fleet import node, workload
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMTOOL = os.environ.get("PROMTOOL") or str(ROOT / ".tools/prometheus/usr/bin/promtool")
+
+
+def target(pod: str, replica: int) -> ScrapeTarget:
+    return ScrapeTarget(
+        pod=f"default/{pod}",
+        workload="default/chat",
+        replica=replica,
+        vendor=Vendor.NVIDIA,
+        accelerator="H100-SXM5-80GB",
+        precision=Precision.BF16,
+        devices=1,
+        nodes=("h1",),
+        parameters_billions=8.0,
+        prompt_counter="p",
+        generation_counter="g",
+        waiting_gauge=None,
+        pod_ip="10.0.0.1",
+        port=8000,
+        path="/metrics",
+    )
+
+
+@pytest.fixture
+def exposition() -> str:
+    cluster = FakeCluster().fleet([node("h1"), node("a1", "Ascend-910B3", domain="b")])
+    cluster.add_workload(workload("chat", replicas=2, runtimes=("nvidia",)))
+    cluster.add_workload(workload("nowhere", runtimes=("mthreads",)))
+    cluster.settle()
+    state = cluster.state()
+    tokens = TokenTracker(prior=PriorThroughput(dict(ACCELERATORS)))
+    for second in (0.0, 10.0, 20.0):
+        tokens.observe(target("chat-0-0", 0), Reading(100.0 * second, 200.0 * second, 0.0), second)
+        tokens.observe(target("chat-1-0", 1), Reading(50.0 * second, 100.0 * second, None), second)
+    tokens.observe(target("chat-1-0", 1), ScrapeProblem("timeout", "slow"), 21.0)
+    metrics = OperatorMetrics()
+    metrics.watch(lambda: state, tokens)
+    metrics.passes.inc()
+    metrics.placement_seconds.observe(0.003)
+    metrics.writes.labels(verb="create", resource="pods").inc()
+    return generate_latest(metrics.registry).decode()
+
+
+def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return found
+
+
+def test_promtool_accepts_the_exposition(exposition: str) -> None:
+    assert Path(PROMTOOL).is_file(), f"promtool not found at {PROMTOOL}: run `make tools`"
+    result = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=exposition, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout + result.stderr == ""
+
+
+def test_every_readme_metric_is_exported_and_documented(exposition: str) -> None:
+    exported = {
+        f"{family.name}_total" if family.type == "counter" else family.name
+        for family in text_string_to_metric_families(exposition)
+    }
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"^\| `(gpufabric_[a-z_]+)` \|", readme, flags=re.MULTILINE))
+    assert documented, "README lists no metrics"
+    assert exported == documented
+
+
+def test_token_counters_sum_the_engines_counters(exposition: str) -> None:
+    tokens = {
+        (labels["kind"], labels["workload"]): value for labels, value in samples(exposition)["gpufabric_tokens_total"]
+    }
+    # chat-0-0 grew 2,000 prompt / 4,000 generation tokens, chat-1-0 1,000 / 2,000.
+    assert tokens == {("prompt", "chat"): 3000.0, ("generation", "chat"): 6000.0}
+
+
+def test_inventory_gauges(exposition: str) -> None:
+    found = samples(exposition)
+    devices = {(labels["accelerator"], labels["state"]): value for labels, value in found["gpufabric_devices"]}
+    assert devices[("H100-SXM5-80GB", "allocated")] == 2
+    assert devices[("H100-SXM5-80GB", "free")] == 6
+    assert devices[("Ascend-910B3", "free")] == 8
+    replicas = {(labels["workload"], labels["state"]): value for labels, value in found["gpufabric_replicas"]}
+    assert replicas[("chat", "ready")] == 2
+    assert found["gpufabric_unschedulable_workloads"] == [({}, 1.0)]
+    failures = {labels["reason"]: value for labels, value in found["gpufabric_scrape_failures_total"]}
+    assert failures["timeout"] == 1.0
+    per_device = found["gpufabric_tokens_per_device_second"]
+    assert per_device == [({"vendor": "nvidia", "accelerator": "H100-SXM5-80GB", "precision": "BF16"}, 150.0)]
+    capacity = {labels["size_class"]: value for labels, value in found["gpufabric_free_capacity_tokens_per_second"]}
+    assert capacity["8B"] > capacity["80B"] > 0
+
+
+def test_no_label_names_a_pod_or_uid(exposition: str) -> None:
+    for name, rows in samples(exposition).items():
+        for labels, _ in rows:
+            assert not {"pod", "uid", "instance_id"} & labels.keys(), name
+            assert not any(re.search(r"-\d+-\d+$", v) for v in labels.values()), (name, labels)
