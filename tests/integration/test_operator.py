@@ -3,9 +3,12 @@ rolling changes, node loss, cordons, deletion, restarts, discovery, leadership, 
 
 from __future__ import annotations
 
+import socket
 from collections import Counter
 from functools import partial
 from typing import Any
+
+import aiohttp
 
 from gpufabric.controller.reconciler import LoopSettings
 from support.harness import AW, CN, Cluster, eventually
@@ -257,3 +260,31 @@ async def test_an_invalid_workload_gets_a_condition_and_an_event(cluster: Cluste
     assert "spec.replicas: Input should be greater than or equal to 0" in condition["message"]
     assert not cluster.pods("chat")
     await eventually(lambda: any(e["reason"] == "InvalidSpec" for e in cluster.api.live_objects("v1/events", "agents")))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def test_metrics_and_liveness_endpoints(cluster: Cluster) -> None:
+    await small_fleet(cluster, count=1)
+    metrics_port, health_port = free_port(), free_port()
+    cluster.start_operator(metrics_port=metrics_port, health_port=health_port)
+    await cluster.apply(chat(replicas=1))
+    await eventually(lambda: cluster.ready("agents", "chat"))
+    async with aiohttp.ClientSession() as session:
+
+        async def scraped() -> bool:
+            async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+                text = await response.text()
+            # The gauges describe the fleet as the last pass saw it: one pass behind status at most.
+            return 'gpufabric_replicas{namespace="agents",state="ready",workload="chat"} 1.0' in text
+
+        await eventually(scraped, message="the exporter shows the ready replica")
+        async with session.get(f"http://127.0.0.1:{health_port}/healthz") as response:
+            assert response.status == 200
+            health = await response.json()
+    assert health["reconciler"]["passes"] >= 1

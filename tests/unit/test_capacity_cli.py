@@ -1,0 +1,66 @@
+"""`gpufabric capacity`: free capacity in tokens/s from manifests; bad input exits 2 with the reason."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gpufabric.cli import main
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["capacity", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_the_example_fleet_after_its_workloads(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "-f", str(EXAMPLES), "--model-params", "70", "-o", "json")
+    assert code == 0
+    report = json.loads(out)
+    rows = {(r["accelerator"], r["precision"], r["roceDomain"]): r for r in report["rows"]}
+    # 70B at FP8: one B200 device per replica; the example workloads already hold some of the B200s.
+    b200 = rows[("B200", "FP8", "a")]
+    assert b200["devicesPerReplica"] == 1
+    assert b200["replicas"] == 32 - 6, "four reasoning-70b and two of the support-agent's replicas are placed"
+    assert ("Ascend-910B3", "FP8", "b") not in rows
+    assert report["totalTokensPerSecond"] > b200["tokensPerSecond"]
+
+
+def test_precision_filter_and_table(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "-f", str(EXAMPLES), "--precision", "INT8")
+    assert code == 0
+    assert out.startswith("Free capacity for a 8B model (manifests, after placing their workloads):")
+    assert "FP8" not in out
+    assert "TOTAL (best precision per accelerator and domain):" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model-params", "0"], "--model-params must be positive"),
+        (["--model-params", "-5"], "--model-params must be positive"),
+    ],
+)
+def test_bad_numbers_exit_2(capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+    code, out, err = run(capsys, "-f", str(EXAMPLES), *args)
+    assert (code, out) == (2, "")
+    assert message in err
+
+
+def test_an_unreadable_kubeconfig_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "kubeconfig"
+    bad.write_text("not: [a kubeconfig")
+    code, out, err = run(capsys, "--kubeconfig", str(bad))
+    assert (code, out) == (2, "")
+    assert err.startswith("cannot read the cluster:")
+
+
+def test_a_source_is_required() -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["capacity"])
+    assert caught.value.code == 2
