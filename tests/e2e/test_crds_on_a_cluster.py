@@ -4,7 +4,6 @@ every manifest in tests/invalid/ is refused with the field path and message its 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,32 +17,6 @@ from gpufabric.manifests import manifest_files
 ROOT = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "gpufabric.io", "v1alpha1"
 PLURALS = {"ComputeNode": "computenodes", "AgentWorkload": "agentworkloads"}
-
-
-@pytest.fixture(scope="module")
-def crds_installed(kube: Any) -> Any:
-    extensions = client.ApiextensionsV1Api(kube)
-    for path in sorted((ROOT / "crds").glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
-        try:
-            extensions.create_custom_resource_definition(crd)
-        except ApiException as error:
-            if error.status != 409:
-                raise
-            current = extensions.read_custom_resource_definition(crd["metadata"]["name"])
-            assert current.metadata is not None
-            crd["metadata"]["resourceVersion"] = current.metadata.resource_version
-            extensions.replace_custom_resource_definition(crd["metadata"]["name"], crd)
-    deadline = time.monotonic() + 60
-    for plural in PLURALS.values():
-        while True:
-            status = extensions.read_custom_resource_definition(f"{plural}.{GROUP}").status
-            conditions = (status.conditions if status else None) or []
-            if any(c.type == "Established" and c.status == "True" for c in conditions):
-                break
-            assert time.monotonic() < deadline, f"{plural}.{GROUP} never became Established"
-            time.sleep(1)
-    return client.CustomObjectsApi(kube)
 
 
 def dry_run_create(objects: Any, document: dict[str, Any]) -> None:

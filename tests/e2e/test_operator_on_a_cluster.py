@@ -15,18 +15,15 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from gpufabric.controller.reconciler import LoopSettings
 from gpufabric.controller.run import Operator, OperatorOptions
 
-ROOT = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "gpufabric.io", "v1alpha1"
 E2E = {"gpufabric.io/e2e": "true"}
 
@@ -39,21 +36,8 @@ def _ignore_404(call: Any, *args: Any, **kwargs: Any) -> None:
             raise
 
 
-@pytest.fixture(scope="module")
-def installed(kube: Any) -> Any:
-    extensions: Any = client.ApiextensionsV1Api(kube)
-    for path in sorted((ROOT / "crds").glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
-        try:
-            extensions.create_custom_resource_definition(crd)
-        except ApiException as error:
-            if error.status != 409:
-                raise
-            current = extensions.read_custom_resource_definition(crd["metadata"]["name"])
-            assert current.metadata is not None
-            crd["metadata"]["resourceVersion"] = current.metadata.resource_version
-            extensions.replace_custom_resource_definition(crd["metadata"]["name"], crd)
-    time.sleep(2)  # let the API server serve the new kinds
+@pytest.fixture
+def installed(kube: Any, crds_installed: Any) -> Any:
     return kube
 
 

@@ -21,33 +21,12 @@ SEEDS = int(os.environ.get("GPUFABRIC_FAULT_SEEDS", "12"))
 
 
 async def build(cluster: Cluster, rng: random.Random) -> list[str]:
-    await cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "agents"}})
+    await cluster.namespace("agents")
     for i in range(4):
-        await cluster.add_node(f"gpu-{i}", {"nvidia.com/gpu": "8"})
-        await cluster.apply(
-            {
-                "apiVersion": "gpufabric.io/v1alpha1",
-                "kind": "ComputeNode",
-                "metadata": {"name": f"gpu-{i}"},
-                "spec": {
-                    "nodeName": f"gpu-{i}",
-                    "vendor": "nvidia",
-                    "accelerator": "H100-SXM5-80GB",
-                    "devices": 8,
-                    "fabric": {"roceDomain": "a"},
-                    "nics": [{"interface": "eth1", "rdmaDevice": "mlx5_0"}],
-                },
-            }
-        )
+        await cluster.gpu_node(f"gpu-{i}")
     for i in range(2):
-        await cluster.add_node(f"npu-{i}", {"huawei.com/Ascend910": "8"})
-        await cluster.apply(
-            {
-                "apiVersion": "gpufabric.io/v1alpha1",
-                "kind": "ComputeNode",
-                "metadata": {"name": f"npu-{i}"},
-                "spec": {"nodeName": f"npu-{i}", "vendor": "ascend", "accelerator": "Ascend-910B3", "devices": 8},
-            }
+        await cluster.gpu_node(
+            f"npu-{i}", vendor="ascend", accelerator="Ascend-910B3", resource="huawei.com/Ascend910", domain=None
         )
     names = []
     shapes: list[dict[str, Any]] = [

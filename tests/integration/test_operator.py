@@ -20,24 +20,9 @@ def placements(cluster: Cluster, name: str, namespace: str = "agents") -> dict[i
 
 
 async def small_fleet(cluster: Cluster, count: int = 3, devices: int = 8) -> None:
-    await cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "agents"}})
+    await cluster.namespace("agents")
     for i in range(count):
-        await cluster.add_node(f"gpu-{i}", {"nvidia.com/gpu": str(devices)})
-        await cluster.apply(
-            {
-                "apiVersion": "gpufabric.io/v1alpha1",
-                "kind": "ComputeNode",
-                "metadata": {"name": f"gpu-{i}"},
-                "spec": {
-                    "nodeName": f"gpu-{i}",
-                    "vendor": "nvidia",
-                    "accelerator": "H100-SXM5-80GB",
-                    "devices": devices,
-                    "fabric": {"roceDomain": "a"},
-                    "nics": [{"interface": "eth1", "rdmaDevice": "mlx5_0"}],
-                },
-            }
-        )
+        await cluster.gpu_node(f"gpu-{i}", devices=devices)
 
 
 def chat(name: str = "chat", replicas: int = 2, devices: int = 4, **spec: Any) -> dict[str, Any]:

@@ -55,17 +55,9 @@ def start(cluster: Cluster, engines: Engines, **options: Any) -> Operator:
 
 async def fleet(cluster: Cluster, nodes: int = 2) -> None:
     for namespace in ("agents", "gpufabric-system"):
-        await cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        await cluster.namespace(namespace)
     for i in range(nodes):
-        await cluster.add_node(f"gpu-{i}", {"nvidia.com/gpu": "8"})
-        await cluster.apply(
-            {
-                "apiVersion": "gpufabric.io/v1alpha1",
-                "kind": "ComputeNode",
-                "metadata": {"name": f"gpu-{i}"},
-                "spec": {"nodeName": f"gpu-{i}", "vendor": "nvidia", "accelerator": "H100-SXM5-80GB", "devices": 8},
-            }
-        )
+        await cluster.gpu_node(f"gpu-{i}", domain=None)
 
 
 def workload(name: str, replicas: int = 2, **spec: Any) -> dict[str, Any]:

@@ -112,6 +112,29 @@ class Cluster:
         created: JsonDict = await self.api.h_create(resource, document, namespace=namespace)
         return created
 
+    async def namespace(self, name: str) -> None:
+        await self.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+
+    async def gpu_node(
+        self,
+        name: str,
+        *,
+        vendor: str = "nvidia",
+        accelerator: str = "H100-SXM5-80GB",
+        resource: str = "nvidia.com/gpu",
+        devices: int = 8,
+        domain: str | None = "a",
+    ) -> None:
+        """A Node advertising `devices` of `resource`, and the ComputeNode describing it (RDMA NIC included
+        when it sits in a RoCE domain)."""
+        await self.add_node(name, {resource: str(devices)})
+        spec: JsonDict = {"nodeName": name, "vendor": vendor, "accelerator": accelerator, "devices": devices}
+        if domain is not None:
+            spec |= {"fabric": {"roceDomain": domain}, "nics": [{"interface": "eth1", "rdmaDevice": "mlx5_0"}]}
+        await self.apply(
+            {"apiVersion": "gpufabric.io/v1alpha1", "kind": "ComputeNode", "metadata": {"name": name}, "spec": spec}
+        )
+
     async def load_examples(self) -> list[JsonDict]:
         """The example fleet with a Node per ComputeNode (capacity as declared), and the example workloads."""
         documents = [

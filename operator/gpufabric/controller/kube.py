@@ -15,6 +15,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar, cast
 
 import urllib3
@@ -29,6 +30,10 @@ T = TypeVar("T")
 
 RETRYABLE = frozenset({409, 429, 500, 502, 503, 504})
 REQUEST_TIMEOUT = (5.0, 30.0)
+# Every write: bounded, and its response not deserialised (nothing reads the server's echo, and a quirky
+# echo must not fail a write that succeeded).
+WRITE: dict[str, Any] = {"_request_timeout": REQUEST_TIMEOUT, "_preload_content": False}
+MERGE_PATCH: dict[str, Any] = {**WRITE, "_content_type": "application/merge-patch+json"}
 PLURALS = {"ComputeNode": "computenodes", "AgentWorkload": "agentworkloads"}
 
 
@@ -111,9 +116,7 @@ class Kube:
             f"create pod {namespace}/{manifest['metadata']['name']}",
             "create",
             "pods",
-            lambda: self.core.create_namespaced_pod(
-                namespace, cast(Any, manifest), _request_timeout=REQUEST_TIMEOUT, _preload_content=False
-            ),
+            partial(self.core.create_namespaced_pod, namespace, cast(Any, manifest), **WRITE),
             exists_ok=True,
         )
 
@@ -122,12 +125,8 @@ class Kube:
             f"delete pod {namespace}/{name}",
             "delete",
             "pods",
-            lambda: self.core.delete_namespaced_pod(
-                name,
-                namespace,
-                grace_period_seconds=0 if force else None,
-                _request_timeout=REQUEST_TIMEOUT,
-                _preload_content=False,
+            partial(
+                self.core.delete_namespaced_pod, name, namespace, grace_period_seconds=0 if force else None, **WRITE
             ),
             ok=frozenset({404}),
         )
@@ -138,9 +137,7 @@ class Kube:
             f"create service {namespace}/{manifest['metadata']['name']}",
             "create",
             "services",
-            lambda: self.core.create_namespaced_service(
-                namespace, cast(Any, manifest), _request_timeout=REQUEST_TIMEOUT, _preload_content=False
-            ),
+            partial(self.core.create_namespaced_service, namespace, cast(Any, manifest), **WRITE),
             exists_ok=True,
         )
 
@@ -149,9 +146,7 @@ class Kube:
             f"delete service {namespace}/{name}",
             "delete",
             "services",
-            lambda: self.core.delete_namespaced_service(
-                name, namespace, _request_timeout=REQUEST_TIMEOUT, _preload_content=False
-            ),
+            partial(self.core.delete_namespaced_service, name, namespace, **WRITE),
             ok=frozenset({404}),
         )
 
@@ -160,34 +155,28 @@ class Kube:
     async def patch_status(self, kind: str, namespace: str | None, name: str, status: dict[str, Any]) -> None:
         plural = PLURALS[kind]
         body = {"status": status}
-        if namespace is None:
-
-            def call() -> Any:
-                return self.custom.patch_cluster_custom_object_status(
-                    API_GROUP,
-                    API_VERSION,
-                    plural,
-                    name,
-                    body,
-                    _content_type="application/merge-patch+json",
-                    _request_timeout=REQUEST_TIMEOUT,
-                    _preload_content=False,
-                )
-        else:
-
-            def call() -> Any:
-                return self.custom.patch_namespaced_custom_object_status(
-                    API_GROUP,
-                    API_VERSION,
-                    namespace,
-                    plural,
-                    name,
-                    body,
-                    _content_type="application/merge-patch+json",
-                    _request_timeout=REQUEST_TIMEOUT,
-                    _preload_content=False,
-                )
-
+        call = (
+            partial(
+                self.custom.patch_cluster_custom_object_status,
+                API_GROUP,
+                API_VERSION,
+                plural,
+                name,
+                body,
+                **MERGE_PATCH,
+            )
+            if namespace is None
+            else partial(
+                self.custom.patch_namespaced_custom_object_status,
+                API_GROUP,
+                API_VERSION,
+                namespace,
+                plural,
+                name,
+                body,
+                **MERGE_PATCH,
+            )
+        )
         await self._call(
             f"patch {kind} {namespace + '/' if namespace else ''}{name} status",
             "patch",
@@ -201,9 +190,7 @@ class Kube:
             f"create ComputeNode {body['metadata']['name']}",
             "create",
             "computenodes",
-            lambda: self.custom.create_cluster_custom_object(
-                API_GROUP, API_VERSION, "computenodes", body, _request_timeout=REQUEST_TIMEOUT, _preload_content=False
-            ),
+            partial(self.custom.create_cluster_custom_object, API_GROUP, API_VERSION, "computenodes", body, **WRITE),
             exists_ok=True,
         )
 
@@ -212,15 +199,14 @@ class Kube:
             f"patch ComputeNode {name}",
             "patch",
             "computenodes",
-            lambda: self.custom.patch_cluster_custom_object(
+            partial(
+                self.custom.patch_cluster_custom_object,
                 API_GROUP,
                 API_VERSION,
                 "computenodes",
                 name,
                 patch,
-                _content_type="application/merge-patch+json",
-                _request_timeout=REQUEST_TIMEOUT,
-                _preload_content=False,
+                **MERGE_PATCH,
             ),
             ok=frozenset({404}),
         )
@@ -232,16 +218,15 @@ class Kube:
             f"scale AgentWorkload {namespace}/{name} to {replicas}",
             "patch",
             "agentworkloads",
-            lambda: self.custom.patch_namespaced_custom_object(
+            partial(
+                self.custom.patch_namespaced_custom_object,
                 API_GROUP,
                 API_VERSION,
                 namespace,
                 "agentworkloads",
                 name,
                 patch,
-                _content_type="application/merge-patch+json",
-                _request_timeout=REQUEST_TIMEOUT,
-                _preload_content=False,
+                **MERGE_PATCH,
             ),
             ok=frozenset({404}),
         )
@@ -264,9 +249,7 @@ class Kube:
                 f"save ConfigMap {namespace}/{name}",
                 "patch",
                 "configmaps",
-                lambda: self.core.patch_namespaced_config_map(
-                    name, namespace, cast(Any, {"data": data}), _request_timeout=REQUEST_TIMEOUT, _preload_content=False
-                ),
+                partial(self.core.patch_namespaced_config_map, name, namespace, cast(Any, {"data": data}), **WRITE),
             )
         except WriteFailedError as error:
             if error.status != 404:
@@ -279,9 +262,7 @@ class Kube:
                 f"create ConfigMap {namespace}/{name}",
                 "create",
                 "configmaps",
-                lambda: self.core.create_namespaced_config_map(
-                    namespace, cast(Any, body), _request_timeout=REQUEST_TIMEOUT, _preload_content=False
-                ),
+                partial(self.core.create_namespaced_config_map, namespace, cast(Any, body), **WRITE),
                 exists_ok=True,
             )
 
@@ -323,9 +304,7 @@ class Kube:
             f"event {reason} on {kind} {name}",
             "create",
             "events",
-            lambda: self.core.create_namespaced_event(
-                where, cast(Any, body), _request_timeout=REQUEST_TIMEOUT, _preload_content=False
-            ),
+            partial(self.core.create_namespaced_event, where, cast(Any, body), **WRITE),
         )
 
 

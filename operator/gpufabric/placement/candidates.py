@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpufabric.api.agentworkload import AUTO, AgentWorkloadSpec
+from gpufabric.api.agentworkload import AUTO, AgentWorkloadSpec, ModelSpec
 from gpufabric.placement.estimates import ThroughputSource, replica_tokens_per_second
-from gpufabric.placement.sizing import size_replica
+from gpufabric.placement.sizing import Sizing, size_replica
 from gpufabric.placement.snapshot import NodeClass
 from gpufabric.placement.weights import Weights
 from gpufabric.vendors import Precision, Vendor
@@ -42,6 +42,39 @@ def accepted_precisions(spec: AgentWorkloadSpec, node_class: NodeClass) -> list[
     return [(rank, p) for rank, p in enumerate(spec.precisions) if p in node_class.precisions]
 
 
+def size_and_predict(
+    model: ModelSpec,
+    precision: Precision,
+    node_class: NodeClass,
+    *,
+    nodes_per_replica: int,
+    explicit_devices: int | None,
+    source: ThroughputSource,
+) -> tuple[Sizing, float] | None:
+    """Devices one replica takes on this class at this precision, and its predicted tokens/s; None when it
+    does not fit the class's nodes."""
+    sizing = size_replica(
+        model,
+        precision,
+        memory_gib=node_class.memory_gib,
+        node_devices=node_class.devices,
+        nodes_per_replica=nodes_per_replica,
+        explicit_devices=explicit_devices,
+    )
+    if sizing is None:
+        return None
+    tokens = replica_tokens_per_second(
+        source,
+        accelerator=node_class.accelerator,
+        memory_gib=node_class.memory_gib,
+        precision=precision,
+        parameters_billions=model.parameters_billions,
+        devices_per_node=sizing.devices_per_node,
+        nodes=sizing.nodes,
+    )
+    return sizing, tokens
+
+
 def candidates_for(
     spec: AgentWorkloadSpec, classes: list[NodeClass], source: ThroughputSource, weights: Weights
 ) -> list[Candidate]:
@@ -52,25 +85,17 @@ def candidates_for(
         if rank is None or (spec.nodes_per_replica > 1 and not node_class.rdma):
             continue
         for precision_rank, precision in accepted_precisions(spec, node_class):
-            sizing = size_replica(
+            option = size_and_predict(
                 spec.model,
                 precision,
-                memory_gib=node_class.memory_gib,
-                node_devices=node_class.devices,
+                node_class,
                 nodes_per_replica=spec.nodes_per_replica,
                 explicit_devices=explicit,
+                source=source,
             )
-            if sizing is None:
+            if option is None:
                 continue
-            tokens = replica_tokens_per_second(
-                source,
-                accelerator=node_class.accelerator,
-                memory_gib=node_class.memory_gib,
-                precision=precision,
-                parameters_billions=spec.model.parameters_billions,
-                devices_per_node=sizing.devices_per_node,
-                nodes=sizing.nodes,
-            )
+            sizing, tokens = option
             value = tokens * weights.vendor_preference_decay**rank * weights.precision_preference_decay**precision_rank
             found.append(
                 Candidate(class_id, node_class, precision, sizing.devices_per_node, sizing.nodes, tokens, value)

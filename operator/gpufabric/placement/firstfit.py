@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gpufabric.api.agentworkload import AUTO
-from gpufabric.placement.candidates import vendor_rank
+from gpufabric.placement.candidates import size_and_predict, vendor_rank
 from gpufabric.placement.engine import Decision, PlacementResult, Refusal
-from gpufabric.placement.estimates import ThroughputSource, replica_tokens_per_second
+from gpufabric.placement.estimates import ThroughputSource
 from gpufabric.placement.requests import ReplicaRequest
-from gpufabric.placement.sizing import size_replica
 from gpufabric.placement.snapshot import NodeState, Snapshot
 from gpufabric.placement.weights import Weights
 
@@ -63,28 +62,20 @@ def _first(
                     continue
                 if wanted > 1 and not node_class.rdma:
                     continue
-                sizing = size_replica(
+                option = size_and_predict(
                     spec.model,
                     precision,
-                    memory_gib=node_class.memory_gib,
-                    node_devices=node_class.devices,
+                    node_class,
                     nodes_per_replica=wanted,
                     explicit_devices=explicit,
+                    source=source,
                 )
-                if sizing is None or node.free < sizing.devices_per_node:
+                if option is None or node.free < option[0].devices_per_node:
                     continue
+                sizing, tokens = option
                 group = gathering.setdefault((node.domain, node.class_id), [])
                 group.append(node)
                 if len(group) == wanted:
-                    tokens = replica_tokens_per_second(
-                        source,
-                        accelerator=node_class.accelerator,
-                        memory_gib=node_class.memory_gib,
-                        precision=precision,
-                        parameters_billions=spec.model.parameters_billions,
-                        devices_per_node=sizing.devices_per_node,
-                        nodes=wanted,
-                    )
                     value = (
                         tokens
                         * weights.vendor_preference_decay**rank

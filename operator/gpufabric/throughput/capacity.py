@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gpufabric.api.agentworkload import ModelSpec
-from gpufabric.placement.estimates import ThroughputSource, replica_tokens_per_second
-from gpufabric.placement.sizing import size_replica
+from gpufabric.placement.candidates import size_and_predict
+from gpufabric.placement.estimates import ThroughputSource
 from gpufabric.placement.snapshot import Snapshot
 from gpufabric.vendors import Precision, Vendor
 
@@ -43,28 +43,15 @@ def free_capacity(
         for precision in sorted(node_class.precisions, key=list(Precision).index):
             if precisions is not None and precision not in precisions:
                 continue
-            sizing = size_replica(
-                model,
-                precision,
-                memory_gib=node_class.memory_gib,
-                node_devices=node_class.devices,
-                nodes_per_replica=1,
-                explicit_devices=None,
+            option = size_and_predict(
+                model, precision, node_class, nodes_per_replica=1, explicit_devices=None, source=source
             )
-            if sizing is None:
+            if option is None:
                 continue
+            sizing, tokens = option
             fit = node.free // sizing.devices_per_node
             if fit < 1:
                 continue
-            tokens = replica_tokens_per_second(
-                source,
-                accelerator=node_class.accelerator,
-                memory_gib=node_class.memory_gib,
-                precision=precision,
-                parameters_billions=parameters_billions,
-                devices_per_node=sizing.devices_per_node,
-                nodes=1,
-            )
             key = (node_class.vendor, node_class.accelerator, precision, node.domain, sizing.devices_per_node)
             replicas, total = totals[key]
             totals[key] = (replicas + fit, total + fit * tokens)
