@@ -232,7 +232,7 @@ def reconcile(state: ClusterState, settings: Settings | None = None) -> Outcome:
     placed: dict[str, list[ReplicaPlacement]] = defaultdict(list)
     for decision in result.decisions:
         workload = state.workloads[decision.workload]
-        placement = _placement_from(decision)
+        placement = _placement_of(decision)
         placed[decision.workload].append(placement)
         actions += [CreatePod(pod) for pod in render_replica_pods(workload, placement, specs)]
         surge = " (rolling update)" if (decision.workload, decision.replica) in surges else ""
@@ -386,25 +386,15 @@ def _delete_replica(replica: LedgerReplica, *, force: bool, reason: str) -> list
     ]
 
 
-def _placement_of(replica: LedgerReplica) -> ReplicaPlacement:
+def _placement_of(item: LedgerReplica | Decision) -> ReplicaPlacement:
+    """Where a replica runs, as status states it, from the ledger or from a fresh decision (same fields)."""
     return ReplicaPlacement(
-        replica=replica.replica,
-        vendor=replica.vendor,
-        accelerator=replica.accelerator,
-        precision=replica.precision,
-        devices_per_node=replica.devices_per_node,
-        nodes=list(replica.nodes),
-    )
-
-
-def _placement_from(decision: Decision) -> ReplicaPlacement:
-    return ReplicaPlacement(
-        replica=decision.replica,
-        vendor=decision.vendor,
-        accelerator=decision.accelerator,
-        precision=decision.precision,
-        devices_per_node=decision.devices_per_node,
-        nodes=list(decision.nodes),
+        replica=item.replica,
+        vendor=item.vendor,
+        accelerator=item.accelerator,
+        precision=item.precision,
+        devices_per_node=item.devices_per_node,
+        nodes=list(item.nodes),
     )
 
 
