@@ -21,6 +21,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from gpufabric.capacityreport import capacity_from_cluster
 from gpufabric.controller.reconciler import LoopSettings
 from gpufabric.controller.run import Operator, OperatorOptions
 
@@ -165,3 +166,25 @@ def test_a_workload_is_placed_on_the_clusters_gpu_nodes(installed: Any, namespac
 
 def core_api(kube: Any) -> Any:
     return client.CoreV1Api(kube)
+
+
+def test_capacity_reads_the_live_cluster(installed: Any, gpu_nodes: list[str]) -> None:
+    custom: Any = client.CustomObjectsApi(installed)
+    name = f"e2e-capacity-{uuid.uuid4().hex[:6]}"
+    custom.create_cluster_custom_object(
+        GROUP,
+        VERSION,
+        "computenodes",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ComputeNode",
+            "metadata": {"name": name, "labels": E2E},
+            "spec": {"nodeName": gpu_nodes[0], "vendor": "nvidia", "accelerator": "H100-SXM5-80GB", "devices": 8},
+        },
+    )
+    try:
+        report = capacity_from_cluster(os.environ.get("KUBECONFIG"), 8.0, None)
+        assert any(row.accelerator == "H100-SXM5-80GB" and row.replicas >= 1 for row in report.rows)
+        assert report.total > 0
+    finally:
+        _ignore_404(custom.delete_cluster_custom_object, GROUP, VERSION, "computenodes", name)
