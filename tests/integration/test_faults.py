@@ -111,4 +111,5 @@ async def test_faults_never_double_book_and_everything_settles(cluster: Cluster,
             await cluster.api.h_patch(CN, item["metadata"]["name"], {"spec": {"unschedulable": False}})
     await eventually(lambda: settled(cluster, names), timeout=60, message=f"seed {seed} settles")
     cluster.invariants()
+    print(f"seed {seed}: injected {dict(cluster.api.injected)}")
     assert sum(cluster.api.injected.values()) > 0, "the run injected no fault"
