@@ -7,10 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gpufabric.api import labels
 from gpufabric.manifests import Fleet
 from gpufabric.placement import PriorThroughput, Snapshot, ThroughputSource
 from gpufabric.placement.plan import is_ready, plan_fleet
 from gpufabric.placement.snapshot import ExistingReplica
+from gpufabric.texttable import table
 from gpufabric.throughput import CapacityRow, LearnedThroughput, best_total, free_capacity
 from gpufabric.throughput.learning import STORE_CONFIG_MAP as CONFIG_MAP
 from gpufabric.throughput.learning import STORE_KEY as KEY
@@ -45,7 +47,7 @@ def capacity_from_cluster(
 
     from gpufabric.api.common import API_GROUP, API_VERSION  # noqa: PLC0415
     from gpufabric.api.computenode import ComputeNode  # noqa: PLC0415
-    from gpufabric.reconcile.ledger import replicas_of  # noqa: PLC0415
+    from gpufabric.reconcile.ledger import fleet_snapshot, replicas_of  # noqa: PLC0415
     from gpufabric.reconcile.observe import NotOurs, node_health, pod_record  # noqa: PLC0415
 
     config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
@@ -58,17 +60,12 @@ def capacity_from_cluster(
     ]
     health = {n.metadata.name: node_health(api.sanitize_for_serialization(n)) for n in core.list_node().items}
     records = []
-    for pod in core.list_pod_for_all_namespaces(
-        label_selector="app.kubernetes.io/managed-by=gpu-fabric-operator"
-    ).items:
+    for pod in core.list_pod_for_all_namespaces(label_selector=f"{labels.MANAGED_BY}={labels.MANAGER}").items:
         try:
             records.append(pod_record(api.sanitize_for_serialization(pod)))
         except NotOurs:
             continue
-    snapshot = Snapshot(
-        [(n, bool(health.get(n.spec.node_name) and health[n.spec.node_name].ready)) for n in nodes],
-        [r.reservation() for r in replicas_of(records)],
-    )
+    snapshot = fleet_snapshot(nodes, health, replicas_of(records))
     source: ThroughputSource = PriorThroughput(dict(ACCELERATORS))
     origin = "live cluster, vendor-table priors"
     learned = LearnedThroughput(source)
@@ -127,8 +124,7 @@ def render(report: CapacityReport, output: str) -> str:
         ]
         for r in report.rows
     ]
-    widths = [max(len(c) for c in column) for column in zip(header, *rows, strict=False)]
     lines = [f"Free capacity for a {report.parameters_billions:g}B model ({report.source}):"]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
+    lines += table(header, rows)
     lines.append(f"TOTAL (best precision per accelerator and domain): {report.total:,.0f} generation tokens/s")
     return "\n".join(lines) + "\n"

@@ -18,9 +18,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gpufabric.api.agentworkload import AgentWorkload
-from gpufabric.placement import Snapshot
 from gpufabric.reconcile import ClusterState
-from gpufabric.reconcile.ledger import replicas_of
+from gpufabric.reconcile.ledger import fleet_snapshot, replicas_of
 from gpufabric.throughput import TokenTracker, best_total, free_capacity
 from gpufabric.throughput.exposition import REASONS
 from gpufabric.throughput.learning import MIN_SAMPLES, SIZE_CLASSES, representative_size
@@ -116,14 +115,7 @@ class FleetCollector(Collector):
         yield from (tokens, failures, per_device, learned)
 
     def _inventory(self, state: ClusterState) -> Iterator[GaugeMetricFamily]:
-        ledger = replicas_of(state.pods)
-        snapshot = Snapshot(
-            [
-                (node, bool(state.nodes.get(node.spec.node_name) and state.nodes[node.spec.node_name].ready))
-                for node in state.compute_nodes.values()
-            ],
-            [r.reservation() for r in ledger],
-        )
+        snapshot = fleet_snapshot(state.compute_nodes.values(), state.nodes, replicas_of(state.pods))
         devices = GaugeMetricFamily(
             "gpufabric_devices",
             "Accelerators by state: allocated, free, unavailable (on nodes that are not Ready or cordoned).",

@@ -9,6 +9,7 @@ import yaml
 
 from gpufabric.placement.engine import Decision
 from gpufabric.placement.plan import FleetPlan
+from gpufabric.texttable import table
 
 
 def as_document(plan: FleetPlan) -> dict[str, Any]:
@@ -52,14 +53,6 @@ def as_yaml(plan: FleetPlan) -> str:
     return yaml.safe_dump(as_document(plan), sort_keys=False)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=False)]
-    return [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *rows]
-    ]
-
-
 def as_table(plan: FleetPlan) -> str:
     lines: list[str] = []
     rows = [
@@ -78,7 +71,7 @@ def as_table(plan: FleetPlan) -> str:
         for d in decisions
     ]
     header = ["WORKLOAD", "REPLICA", "STATE", "VENDOR", "ACCELERATOR", "PRECISION", "DEVICES", "NODES", "TOKENS/S"]
-    lines += _table(header, rows) if rows else ["no replicas placed"]
+    lines += table(header, rows) if rows else ["no replicas placed"]
     if plan.refused:
         lines += ["", "UNSCHEDULABLE"]
         lines += [f"  {r.workload} replica {r.replica}: {r.reason}" for r in plan.refused]
@@ -93,7 +86,7 @@ def as_table(plan: FleetPlan) -> str:
             f"{plan.tokens_per_second:,.0f}",
         ]
     )
-    lines += ["", *_table(["VENDOR", "DEVICES USED", "PREDICTED TOKENS/S"], totals)]
+    lines += ["", *table(["VENDOR", "DEVICES USED", "PREDICTED TOKENS/S"], totals)]
     return "\n".join(lines) + "\n"
 
 

@@ -308,6 +308,10 @@ class Metrics(WireModel):
         "teaches the operator what the devices can do (SGLang: sglang:num_queue_reqs).",
     )
 
+    def port_for(self, runtime: Runtime) -> int:
+        """Where the counters are served: this port, else the runtime's serving port."""
+        return self.port or runtime.port
+
 
 class AgentWorkloadSpec(WireModel):
     """What the platform team asks for: a model served by `replicas` replicas on any vendor it has a runtime

@@ -30,9 +30,6 @@ class Expectations:
     def expect_deleted(self, namespace: str, name: str) -> None:
         self.deleted[f"{namespace}/{name}"] = time.monotonic() + self.ttl
 
-    def forget_created(self, namespace: str, name: str) -> None:
-        self.created.pop(f"{namespace}/{name}", None)
-
     def overlay(self, observed: Iterable[PodRecord]) -> tuple[PodRecord, ...]:
         """The pods a pass should believe in: observed ones, plus created-but-unseen, with deleted-but-seen
         ones shown as terminating (they hold their devices until they are gone)."""

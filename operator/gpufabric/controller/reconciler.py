@@ -160,6 +160,10 @@ class Reconciler:
             return []
         return [value for store in index.values() for value in store]
 
+    def _keyed(self, name: str) -> dict[str, Any]:
+        """An index whose keys are object names (one value each) as a plain mapping."""
+        return {key: value for key, store in (self.indexes.get(name) or {}).items() for value in store}
+
     def state(self, *, with_tokens: bool = True) -> ClusterState:
         compute_nodes = {v.name: v for v in self._values(COMPUTE_NODE_INDEX) if isinstance(v, ComputeNode)}
         workloads: dict[str, AgentWorkload] = {}
@@ -169,29 +173,13 @@ class Reconciler:
                 workloads[value.key] = value
             elif isinstance(value, InvalidWorkload):
                 invalid[value.key] = value
-        nodes: dict[str, NodeHealth] = {}
-        for name, store in (self.indexes.get(NODE_INDEX) or {}).items():
-            for value in store:
-                nodes[name] = value
-        services: dict[str, OwnedService] = {}
-        for key, store in (self.indexes.get(SERVICE_INDEX) or {}).items():
-            for value in store:
-                services[key] = value
+        nodes: dict[str, NodeHealth] = self._keyed(NODE_INDEX)
+        services: dict[str, OwnedService] = self._keyed(SERVICE_INDEX)
         pods = self.expectations.overlay(v for v in self._values(POD_INDEX) if isinstance(v, PodRecord))
-        report = self.tokens.report(workloads, time.monotonic()) if self.tokens is not None and with_tokens else None
         now = time.monotonic()
-        stale = frozenset(
-            [
-                f"AgentWorkload:{k}"
-                for k in workloads
-                if now - self._tokens_written.get(f"AgentWorkload:{k}", 0.0) >= self.loop.tokens_min_interval
-            ]
-            + [
-                f"ComputeNode:{n}"
-                for n in compute_nodes
-                if now - self._tokens_written.get(f"ComputeNode:{n}", 0.0) >= self.loop.tokens_min_interval
-            ]
-        )
+        report = self.tokens.report(workloads, now) if self.tokens is not None and with_tokens else None
+        targets = [f"AgentWorkload:{k}" for k in workloads] + [f"ComputeNode:{n}" for n in compute_nodes]
+        stale = frozenset(t for t in targets if now - self._tokens_written.get(t, 0.0) >= self.loop.tokens_min_interval)
         return ClusterState(
             compute_nodes=compute_nodes,
             nodes=nodes,
@@ -264,9 +252,8 @@ class Reconciler:
                         )
                     )
                 case CreateService(manifest=manifest):
-                    key = f"{manifest['metadata']['namespace']}/{manifest['metadata']['name']}"
                     creates.append(
-                        guarded(f"create-service:{key}", partial(self.kube.create_service, manifest), _nothing)
+                        guarded(f"create-service:{action.key}", partial(self.kube.create_service, manifest), _nothing)
                     )
                 case PatchStatus(kind=kind, namespace=ns, name=name, status=status):
                     target = f"{kind}:{ns or ''}/{name}"

@@ -61,9 +61,9 @@ class Scraper:
             if leader is None or not leader.ip:
                 continue
             runtime = workload.spec.runtimes.get(replica.vendor)
-            metrics = workload.spec.metrics_or_default
             if runtime is None:
                 continue
+            metrics = workload.spec.metrics_or_default
             found.append(
                 ScrapeTarget(
                     pod=f"{leader.namespace}/{leader.name}",
@@ -79,7 +79,7 @@ class Scraper:
                     generation_counter=metrics.generation_tokens_counter,
                     waiting_gauge=metrics.waiting_requests_gauge,
                     pod_ip=leader.ip,
-                    port=metrics.port or runtime.port,
+                    port=metrics.port_for(runtime),
                     path=metrics.path,
                 )
             )

@@ -6,13 +6,17 @@ from dataclasses import dataclass
 from typing import Any
 
 
+def _namespaced_name(manifest: dict[str, Any]) -> str:
+    return f"{manifest['metadata']['namespace']}/{manifest['metadata']['name']}"
+
+
 @dataclass(frozen=True)
 class CreatePod:
     manifest: dict[str, Any]
 
     @property
     def key(self) -> str:
-        return f"{self.manifest['metadata']['namespace']}/{self.manifest['metadata']['name']}"
+        return _namespaced_name(self.manifest)
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,10 @@ class DeletePod:
 @dataclass(frozen=True)
 class CreateService:
     manifest: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return _namespaced_name(self.manifest)
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,12 @@ or terminating — so nothing is ever promised twice.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from gpufabric.placement.snapshot import ExistingReplica
-from gpufabric.reconcile.state import PodRecord
+from gpufabric.api.computenode import ComputeNode
+from gpufabric.placement.snapshot import ExistingReplica, Snapshot
+from gpufabric.reconcile.state import NodeHealth, PodRecord
 from gpufabric.vendors import Precision, Vendor
 
 
@@ -91,3 +92,18 @@ def replicas_of(pods: Iterable[PodRecord]) -> list[LedgerReplica]:
             )
         )
     return replicas
+
+
+def fleet_snapshot(
+    compute_nodes: Iterable[ComputeNode], nodes: Mapping[str, NodeHealth], replicas: Iterable[LedgerReplica]
+) -> Snapshot:
+    """The fleet as placement sees it now: a ComputeNode takes new replicas only while its Node exists and is
+    Ready (the snapshot itself keeps cordoned ones out), and every ledger replica holds its devices."""
+    return Snapshot(
+        [(node, _node_ready(nodes.get(node.spec.node_name))) for node in compute_nodes],
+        [replica.reservation() for replica in replicas],
+    )
+
+
+def _node_ready(health: NodeHealth | None) -> bool:
+    return health is not None and health.ready

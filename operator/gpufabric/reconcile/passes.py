@@ -20,8 +20,7 @@ from datetime import datetime, timedelta
 
 from gpufabric.api import labels
 from gpufabric.api.agentworkload import AgentWorkload, ReplicaPlacement
-from gpufabric.api.computenode import ComputeNode
-from gpufabric.placement import PriorThroughput, Snapshot, ThroughputSource, Weights, place
+from gpufabric.placement import PriorThroughput, ThroughputSource, Weights, place
 from gpufabric.placement.engine import Decision
 from gpufabric.placement.requests import ReplicaRequest, WorkloadRequest
 from gpufabric.reconcile.actions import (
@@ -35,7 +34,7 @@ from gpufabric.reconcile.actions import (
     ScaleWorkload,
 )
 from gpufabric.reconcile.conditions import same
-from gpufabric.reconcile.ledger import LedgerReplica, replicas_of
+from gpufabric.reconcile.ledger import LedgerReplica, fleet_snapshot, replicas_of
 from gpufabric.reconcile.state import ClusterState
 from gpufabric.reconcile.status import (
     TargetReport,
@@ -113,11 +112,6 @@ def lost_nodes(
     return lost, wake_at
 
 
-def _schedulable_now(state: ClusterState, node: ComputeNode) -> bool:
-    health = state.nodes.get(node.spec.node_name)
-    return health is not None and health.ready
-
-
 def reconcile(state: ClusterState, settings: Settings | None = None) -> Outcome:
     settings = settings or Settings()
     now = state.now
@@ -127,9 +121,10 @@ def reconcile(state: ClusterState, settings: Settings | None = None) -> Outcome:
     events: list[Action] = []
     specs = {name: node.spec for name, node in state.compute_nodes.items()}
 
-    by_workload: dict[str, list[LedgerReplica]] = defaultdict(list)
+    # Every index any pod uses (terminating ones included): new replicas take the lowest free ones.
+    taken: dict[str, set[int]] = defaultdict(set)
     for replica in ledger:
-        by_workload[replica.workload_key].append(replica)
+        taken[replica.workload_key].add(replica.replica)
 
     # 1. Move replicas off lost nodes; replace inconsistent ones; complete half-created ones.
     live: dict[str, list[LedgerReplica]] = defaultdict(list)
@@ -183,8 +178,7 @@ def reconcile(state: ClusterState, settings: Settings | None = None) -> Outcome:
     requests: list[ReplicaRequest] = []
     surges: dict[tuple[str, int], LedgerReplica] = {}
     for key, workload in sorted(state.workloads.items()):
-        taken = {r.replica for r in by_workload.get(key, [])}
-        plan = step(workload, live.get(key, []), taken, key in settling, set(draining.get(key, {})))
+        plan = step(workload, live.get(key, []), taken[key], key in settling, set(draining.get(key, {})))
         if plan.surge is not None and plan.fallback is not None and plan.fallback.replica in draining.get(key, {}):
             events.append(
                 _event(
@@ -224,10 +218,7 @@ def reconcile(state: ClusterState, settings: Settings | None = None) -> Outcome:
             )
 
     # 3. One placement pass for everything pending.
-    snapshot = Snapshot(
-        [(node, _schedulable_now(state, node)) for node in state.compute_nodes.values()],
-        [r.reservation() for r in ledger],
-    )
+    snapshot = fleet_snapshot(state.compute_nodes.values(), state.nodes, ledger)
     result = place(snapshot, requests, settings.source, settings.weights)
     placed: dict[str, list[ReplicaPlacement]] = defaultdict(list)
     for decision in result.decisions:

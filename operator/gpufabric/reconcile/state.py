@@ -85,7 +85,6 @@ class ClusterState:
     services: Mapping[str, OwnedService]
     now: datetime
     invalid_workloads: Mapping[str, InvalidWorkload] = field(default_factory=dict)
-    invalid_compute_nodes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # measured tokens/s and autoscaler recommendations (None until the first scrape)
     tokens: TokenReport | None = None
     # objects ("AgentWorkload:ns/name", "ComputeNode:name") whose tokensPerSecond was last written longer ago

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -239,10 +239,3 @@ def status_patch(before: Any, after: Any) -> dict[str, Any] | None:
     changed: dict[str, Any] = {key: value for key, value in new.items() if old.get(key) != value}
     changed.update({key: None for key in old if key not in new})
     return changed or None
-
-
-def group_by_workload(replicas: Sequence[LedgerReplica]) -> dict[str, list[LedgerReplica]]:
-    grouped: dict[str, list[LedgerReplica]] = defaultdict(list)
-    for replica in replicas:
-        grouped[replica.workload_key].append(replica)
-    return grouped

@@ -54,7 +54,7 @@ def render_pod(
     gang = len(placement.nodes) > 1
     name = pod_name(workload.name, placement.replica, rank)
     metrics = spec.metrics_or_default
-    metrics_port = metrics.port or runtime.port
+    metrics_port = metrics.port_for(runtime)
 
     pod_labels = {
         **selector_labels(workload.name),
