@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from support.emulator import FaultPlan
-from support.harness import AW, CN, Cluster, eventually
+from support.harness import AW, CN, Cluster, agent_workload, eventually
 
 SEEDS = int(os.environ.get("GPUFABRIC_FAULT_SEEDS", "12"))
 
@@ -42,14 +42,7 @@ async def build(cluster: Cluster, rng: random.Random) -> list[str]:
             "runtimes": {"nvidia": {"image": "v1"}, "ascend": {"image": "v1"}},
             **shape,
         }
-        await cluster.apply(
-            {
-                "apiVersion": "gpufabric.io/v1alpha1",
-                "kind": "AgentWorkload",
-                "metadata": {"name": name, "namespace": "agents"},
-                "spec": spec,
-            }
-        )
+        await cluster.apply(agent_workload(name, spec))
     return names
 
 

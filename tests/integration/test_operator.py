@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 
 from gpufabric.controller.reconciler import LoopSettings
-from support.harness import AW, CN, Cluster, eventually
+from support.harness import AW, CN, Cluster, agent_workload, eventually
 
 
 def placements(cluster: Cluster, name: str, namespace: str = "agents") -> dict[int, list[str]]:
@@ -26,18 +26,12 @@ async def small_fleet(cluster: Cluster, count: int = 3, devices: int = 8) -> Non
 
 
 def chat(name: str = "chat", replicas: int = 2, devices: int = 4, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "gpufabric.io/v1alpha1",
-        "kind": "AgentWorkload",
-        "metadata": {"name": name, "namespace": "agents"},
-        "spec": {
-            "model": {"name": "m", "parametersBillions": 8},
-            "replicas": replicas,
-            "devicesPerReplica": devices,
-            "runtimes": {"nvidia": {"image": "vllm:v1"}},
-            **spec,
-        },
+    defaults: dict[str, Any] = {
+        "replicas": replicas,
+        "devicesPerReplica": devices,
+        "runtimes": {"nvidia": {"image": "vllm:v1"}},
     }
+    return agent_workload(name, defaults | spec)
 
 
 async def test_the_example_fleet_end_to_end(cluster: Cluster) -> None:

@@ -22,7 +22,7 @@ from gpufabric.throughput import ScrapeTarget
 from gpufabric.throughput.learning import MIN_SAMPLES, STORE_CONFIG_MAP
 from gpufabric.vendors import Precision
 from support.engines import Engines
-from support.harness import AW, CN, Cluster, eventually
+from support.harness import AW, CN, Cluster, agent_workload, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST_TOKENS = LoopSettings(
@@ -61,19 +61,13 @@ async def fleet(cluster: Cluster, nodes: int = 2) -> None:
 
 
 def workload(name: str, replicas: int = 2, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "gpufabric.io/v1alpha1",
-        "kind": "AgentWorkload",
-        "metadata": {"name": name, "namespace": "agents"},
-        "spec": {
-            "model": {"name": "m", "parametersBillions": 8},
-            "replicas": replicas,
-            "devicesPerReplica": 1,
-            "precisions": ["BF16"],
-            "runtimes": {"nvidia": {"image": "vllm"}},
-            **spec,
-        },
+    defaults: dict[str, Any] = {
+        "replicas": replicas,
+        "devicesPerReplica": 1,
+        "precisions": ["BF16"],
+        "runtimes": {"nvidia": {"image": "vllm"}},
     }
+    return agent_workload(name, defaults | spec)
 
 
 def tokens_of(cluster: Cluster, name: str) -> dict[str, float]:

@@ -34,6 +34,16 @@ AW = "gpufabric.io/v1alpha1/agentworkloads"
 FAST = LoopSettings(debounce=0.05, resync=1.0, first_backoff=0.1, max_backoff=1.0, action_backoff=0.1)
 
 
+def agent_workload(name: str, spec: JsonDict, namespace: str = "agents") -> JsonDict:
+    """An AgentWorkload document for `Cluster.apply`: an 8B model unless `spec` names one, the rest as given."""
+    return {
+        "apiVersion": "gpufabric.io/v1alpha1",
+        "kind": "AgentWorkload",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"model": {"name": "m", "parametersBillions": 8}, **spec},
+    }
+
+
 class OperatorThread:
     """One operator instance in a thread of its own with its own event loop, as in its own process.
 

@@ -49,14 +49,17 @@ def check_invariants(cluster: FakeCluster) -> None:
             )
 
 
+# ("add", workload index, replicas, devices per replica, vendors with a runtime)
+add_workload = st.tuples(
+    st.just("add"),
+    st.integers(0, 5),
+    st.integers(1, 3),
+    st.sampled_from([1, 2, 4, 8]),
+    st.sampled_from([("nvidia",), ("ascend",), ("nvidia", "ascend")]),
+)
+
 operations = st.one_of(
-    st.tuples(
-        st.just("add"),
-        st.integers(0, 5),
-        st.integers(1, 3),
-        st.sampled_from([1, 2, 4, 8]),
-        st.sampled_from([("nvidia",), ("ascend",), ("nvidia", "ascend")]),
-    ),
+    add_workload,
     st.tuples(st.just("scale"), st.integers(0, 5), st.integers(0, 4)),
     st.tuples(st.just("image"), st.integers(0, 5), st.integers(0, 9)),
     st.tuples(st.just("remove"), st.integers(0, 5)),
@@ -99,13 +102,7 @@ def apply_operation(cluster: FakeCluster, operation: tuple[Any, ...]) -> None:
 
 
 initial_workloads = st.lists(
-    st.tuples(
-        st.just("add"),
-        st.integers(0, 5),
-        st.integers(1, 3),
-        st.sampled_from([1, 2, 4, 8]),
-        st.sampled_from([("nvidia",), ("ascend",), ("nvidia", "ascend")]),
-    ),
+    add_workload,
     min_size=2,
     max_size=5,
 )
