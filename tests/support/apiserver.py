@@ -12,7 +12,10 @@ e2e tests against a real cluster (tests/e2e) cover those.
 from __future__ import annotations
 
 import copy
+import json
+import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import celpy
@@ -20,6 +23,7 @@ import jsonschema
 from celpy.adapter import json_to_cel
 
 JsonSchema = dict[str, Any]
+MAP_KEY = re.compile(r"\[([^\]0-9][^\]]*)\]")  # `[nvidia]` in `spec.runtimes[nvidia].env`, not `[0]`
 CEL_NOT_CHECKED = (
     "some validation rules were not checked because the object was invalid; correct the existing errors to "
     "complete validation"
@@ -50,9 +54,6 @@ def to_json_schema(node: Any) -> Any:
         result["anyOf"] = [{"type": "integer"}, {"type": "string"}]
     if node.get("nullable") and "type" in result:
         result["type"] = [result["type"], "null"]
-    if node.get("type") == "object" and "properties" in node and "additionalProperties" not in node:
-        # The API server prunes unknown fields and `kubectl apply` rejects them (field validation Strict).
-        result["additionalProperties"] = False
     return result
 
 
@@ -74,32 +75,134 @@ def apply_defaults(schema: JsonSchema, value: Any) -> Any:
     return value
 
 
-def _path(parts: list[Any]) -> str:
+def _path(parts: list[Any], *, map_keys_in_brackets: bool = False, keyed: frozenset[int] = frozenset()) -> str:
+    """A field path as the API server prints it. Schema errors print map keys as `.key`; CEL errors print
+    them as `[key]` (`keyed` holds the positions of map keys in `parts`)."""
     out = ""
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (("." if out else "") + str(part))
+    for position, part in enumerate(parts):
+        if isinstance(part, int) or (map_keys_in_brackets and position in keyed):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
     return out
 
 
-def _walk(schema: JsonSchema, value: Any, path: list[Any]) -> Iterator[tuple[JsonSchema, Any, list[Any]]]:
-    yield schema, value, path
+def _walk(
+    schema: JsonSchema, value: Any, path: list[Any], keyed: frozenset[int] = frozenset()
+) -> Iterator[tuple[JsonSchema, Any, list[Any], frozenset[int]]]:
+    yield schema, value, path, keyed
     if isinstance(value, dict):
         for name, child in schema.get("properties", {}).items():
             if name in value and value[name] is not None:
-                yield from _walk(child, value[name], [*path, name])
+                yield from _walk(child, value[name], [*path, name], keyed)
         additional = schema.get("additionalProperties")
         if isinstance(additional, dict):
             for key, child_value in value.items():
                 if child_value is not None:
-                    yield from _walk(additional, child_value, [*path, key])
+                    yield from _walk(additional, child_value, [*path, key], keyed | {len(path)})
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
         for index, item in enumerate(value):
-            yield from _walk(schema["items"], item, [*path, index])
+            yield from _walk(schema["items"], item, [*path, index], keyed)
+
+
+def _shown(value: Any) -> str:
+    """A bad value as field.ErrorBody prints it: strings quoted, numbers bare, null as null."""
+    return json.dumps(value)
+
+
+@dataclass(frozen=True)
+class Cause:
+    """One entry of the 422's `details.causes`: the field, and the message after it. `detail` is the part a
+    person wrote (the rule's message), which the models' problems repeat."""
+
+    field: str
+    message: str
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+def _schema_cause(error: jsonschema.ValidationError) -> Cause:
+    """kube-openapi's wording for a schema violation (k8s.io/kube-openapi/pkg/validation/errors)."""
+    parts = list(error.absolute_path)
+    where = _path(parts)
+    kind: Any = error.validator
+    expected: Any = error.validator_value
+    value: Any = error.instance
+    if kind == "required":
+        missing = next(name for name in expected if name not in value)
+        return Cause(_path([*parts, missing]), "Required value", "Required value")
+    if kind == "enum":
+        allowed = ", ".join(_shown(v) for v in expected)
+        detail = f"supported values: {allowed}"
+        return Cause(where, f"Unsupported value: {_shown(value)}: {detail}", detail)
+    if kind == "type":
+        want = expected if isinstance(expected, str) else next(t for t in expected if t != "null")
+        got = _json_type(value)
+        detail = f"{where} in body must be of type {want}: {_shown(got)}"
+        return Cause(where, f"Invalid value: {_shown(got)}: {detail}", detail)
+    wording = {
+        "minimum": ("should be greater than or equal to", value),
+        "exclusiveMinimum": ("should be greater than", value),
+        "maximum": ("should be less than or equal to", value),
+        "exclusiveMaximum": ("should be less than", value),
+        "pattern": ("should match", value),
+        "minLength": ("should be at least", value),
+        "maxLength": ("should be at most", value),
+        "minProperties": ("should have at least", len(value) if isinstance(value, dict) else value),
+        "maxProperties": ("should have at most", len(value) if isinstance(value, dict) else value),
+        "minItems": ("should have at least", len(value) if isinstance(value, list) else value),
+    }
+    if kind in wording:
+        verb, shown = wording[kind]
+        bound = f"'{expected}'" if kind == "pattern" else expected
+        unit = {"minLength": " chars long", "maxLength": " chars long", "minItems": " items"}.get(kind, "")
+        unit = " properties" if kind in ("minProperties", "maxProperties") else unit
+        detail = f"{where} in body {verb} {bound}{unit}"
+        return Cause(where, f"Invalid value: {_shown(shown)}: {detail}", detail)
+    return Cause(where, f"Invalid value: {_shown(value)}: {error.message}", error.message)
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object" if isinstance(value, dict) else "null"
+
+
+def _unknown_fields(schema: JsonSchema, value: Any, path: list[Any]) -> Iterator[str]:
+    """Fields the schema does not declare, as strict field validation names them (`spec.gpus`)."""
+    if isinstance(value, dict):
+        declared = schema.get("properties")
+        additional = schema.get("additionalProperties")
+        for key, child in value.items():
+            if declared is not None and key in declared:
+                yield from _unknown_fields(declared[key], child, [*path, key])
+            elif isinstance(additional, dict):
+                yield from _unknown_fields(additional, child, [*path, key])
+            elif declared is not None and not (
+                path == ["metadata"] or schema.get("x-kubernetes-preserve-unknown-fields")
+            ):
+                yield _path([*path, key])
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for index, item in enumerate(value):
+            yield from _unknown_fields(schema["items"], item, [*path, index])
 
 
 class SchemaValidator:
     def __init__(self, crd: dict[str, Any]) -> None:
         self.schema: JsonSchema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        self.kind: str = crd["spec"]["names"]["kind"]
+        self.version: str = crd["spec"]["versions"][0]["name"]
+        self.scale_replicas: str | None = (
+            crd["spec"]["versions"][0].get("subresources", {}).get("scale", {}).get("specReplicasPath")
+        )
         self._json_schema = to_json_schema(self.schema)
         jsonschema.Draft202012Validator.check_schema(self._json_schema)
         self._validator = jsonschema.Draft202012Validator(self._json_schema)
@@ -125,17 +228,37 @@ class SchemaValidator:
         return self._programs[expression]
 
     def validate(self, obj: dict[str, Any]) -> list[str]:
+        """The API server's answer to a create with strict field validation, as `field: message` lines: the
+        422's causes in its order, or the single line of a 400 for unknown fields."""
+        return [cause.line() for cause in self.causes(obj)]
+
+    def problems(self, obj: dict[str, Any]) -> list[str]:
+        """The same answer in the models' `path: message` form: map keys dotted, the rule's own words."""
+        return [MAP_KEY.sub(r".\1", cause.field) + f": {cause.detail}" for cause in self.causes(obj)]
+
+    def causes(self, obj: dict[str, Any]) -> list[Cause]:
+        unknown = list(_unknown_fields(self.schema, obj, []))
+        if unknown:
+            # Strict field validation refuses the request before any schema or CEL validation (a 400).
+            fields = ", ".join(f'unknown field "{name}"' for name in unknown)
+            message = (
+                f'{self.kind} in version "{self.version}" cannot be handled as a {self.kind}: '
+                f"strict decoding error: {fields}"
+            )
+            return [Cause("<request>", message, message)]
         obj = apply_defaults(self.schema, copy.deepcopy(obj))
         schema_errors = sorted(self._validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))
-        errors = [f"{_path(list(error.absolute_path)) or '<root>'}: {error.message}" for error in schema_errors]
-        for node, value, path in _walk(self.schema, obj, []):
-            errors.extend(self._list_type_errors(node, value, path))
-        if any(error.validator in ("type", "anyOf") for error in schema_errors):
-            # apiextensions-apiserver's customResourceStrategy.Validate: a type error blocks CEL
+        causes = [_schema_cause(error) for error in schema_errors]
+        for node, value, path, _ in _walk(self.schema, obj, []):
+            causes.extend(self._list_type_errors(node, value, path))
+        causes.extend(self._scale_errors(obj))
+        if any(error.validator in ("type", "anyOf", "required", "enum") for error in schema_errors):
+            # apiextensions-apiserver: a type, required or unsupported-value error blocks CEL
             # (hasBlockingErr), and the response says so.
-            errors.append(f"<root>: {CEL_NOT_CHECKED}")
-            return errors
-        for node, value, path in _walk(self.schema, obj, []):
+            not_checked = f"Invalid value: null: {CEL_NOT_CHECKED}"
+            causes.append(Cause("<nil>", not_checked, CEL_NOT_CHECKED))
+            return causes
+        for node, value, path, keyed in _walk(self.schema, obj, []):
             for rule in node.get("x-kubernetes-validations", []):
                 verdict = self._program(rule["rule"]).evaluate({"self": json_to_cel(value)})
                 if verdict is True or (isinstance(verdict, celpy.celtypes.BoolType) and bool(verdict)):
@@ -146,24 +269,44 @@ class SchemaValidator:
                     built = self._program(rule["messageExpression"]).evaluate({"self": json_to_cel(value)})
                     if isinstance(built, str):
                         message = str(built)
-                where = (_path(path) + rule.get("fieldPath", "")).lstrip(".")
-                errors.append(f"{where}: {message}")
-        return errors
+                where = (_path(path, map_keys_in_brackets=True, keyed=keyed) + rule.get("fieldPath", "")).lstrip(".")
+                # A scalar's value is shown; an object's or a list's is not.
+                shown = "" if isinstance(value, (dict, list)) else f"{_shown(value)}: "
+                causes.append(Cause(where, f"Invalid value: {shown}{message}", message))
+        return causes
+
+    def _scale_errors(self, obj: dict[str, Any]) -> list[Cause]:
+        """The scale subresource reads spec.replicas on every write and reports a non-integer there too."""
+        if not self.scale_replicas:
+            return []
+        value: Any = obj
+        for step in self.scale_replicas.removeprefix(".").split("."):
+            value = value.get(step) if isinstance(value, dict) else None
+        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+            return []
+        detail = f"{self.scale_replicas} accessor error: {value} is of the type {_go_type(value)}, expected int64"
+        return [Cause(self.scale_replicas, f"Invalid value: 0: {detail}", detail)]
 
     @staticmethod
-    def _list_type_errors(node: JsonSchema, value: Any, path: list[Any]) -> list[str]:
+    def _list_type_errors(node: JsonSchema, value: Any, path: list[Any]) -> list[Cause]:
         list_type = node.get("x-kubernetes-list-type")
         if not isinstance(value, list) or list_type not in ("set", "map"):
             return []
         keys = node.get("x-kubernetes-list-map-keys", [])
         seen: list[Any] = []
-        errors = []
+        causes = []
         for index, item in enumerate(value):
-            identity = item if list_type == "set" else tuple(item.get(k) for k in keys)
+            identity = item if list_type == "set" else {k: item.get(k) for k in keys}
             if identity in seen:
-                errors.append(f"{_path([*path, index])}: Duplicate value: {identity!r}")
+                causes.append(Cause(_path([*path, index]), f"Duplicate value: {_shown(identity)}", "Duplicate value"))
             seen.append(identity)
-        return errors
+        return causes
+
+
+def _go_type(value: Any) -> str:
+    return {str: "string", float: "float64", bool: "bool", list: "[]interface {}", dict: "map[string]interface {}"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _schema_nodes(schema: JsonSchema) -> Iterator[JsonSchema]:

@@ -23,7 +23,7 @@ PRECISIONS = [p.value for p in Precision]
 
 
 def verdicts(document: dict[str, Any]) -> tuple[list[str], list[str]]:
-    api = VALIDATORS[document["kind"]].validate(document)
+    api = VALIDATORS[document["kind"]].problems(document)
     try:
         parse(document)
         model: list[str] = []

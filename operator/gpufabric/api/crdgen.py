@@ -227,7 +227,10 @@ def object_schema(kind: Kind) -> JsonSchema:
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            # A root rule's fieldPath must resolve in the schema: the API server refuses `.metadata.name`
+            # unless `name` is declared here (the only metadata fields a CRD may declare are name and
+            # generateName).
+            "metadata": {"type": "object", "properties": {"name": {"type": "string"}}},
             "spec": structural_schema(kind.spec),
             "status": structural_schema(kind.status),
         },

@@ -273,6 +273,16 @@ class Reconciler:
                 case Event():
                     if self._recently_sent(action):
                         continue
+                    # What the operator did, in the words its events use: the log a person reads.
+                    log.log(
+                        logging.WARNING if action.type == "Warning" else logging.INFO,
+                        "%s %s/%s: %s: %s",
+                        action.kind,
+                        action.namespace,
+                        action.name,
+                        action.reason,
+                        action.message,
+                    )
                     events.append(
                         guarded(
                             f"event:{action.namespace}/{action.name}:{action.reason}",

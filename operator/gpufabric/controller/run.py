@@ -14,9 +14,10 @@ from datetime import timedelta
 from typing import Any
 
 import kopf
-from kubernetes import client, config
+from kubernetes import client
 from prometheus_client import start_http_server
 
+from gpufabric import credentials
 from gpufabric.controller.handlers import register
 from gpufabric.controller.kube import Kube
 from gpufabric.controller.leader import Leadership
@@ -30,8 +31,17 @@ from gpufabric.throughput import ScrapeTarget, TokenTracker
 from gpufabric.vendors import ACCELERATORS
 
 log = logging.getLogger(__name__)
-DEFAULT_LEASE_NAMESPACE = "gpufabric-system"
+DEFAULT_OPERATOR_NAMESPACE = "gpufabric-system"
 LEASE_NAME = "gpu-fabric-operator"
+
+
+def default_operator_namespace() -> str:
+    """The namespace the operator runs in: the downward API's, else its ServiceAccount's, else the default."""
+    if namespace := os.environ.get("POD_NAMESPACE"):
+        return namespace
+    if credentials.in_a_pod() and credentials.SERVICE_ACCOUNT_NAMESPACE.is_file():
+        return credentials.SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or DEFAULT_OPERATOR_NAMESPACE
+    return DEFAULT_OPERATOR_NAMESPACE
 
 
 @dataclass
@@ -42,7 +52,8 @@ class OperatorOptions:
     discover_nodes: bool = False
     node_grace_seconds: float = 30.0
     leader_election: bool = True
-    lease_namespace: str = field(default_factory=lambda: os.environ.get("POD_NAMESPACE", DEFAULT_LEASE_NAMESPACE))
+    # where the Lease and the learned-throughput ConfigMap live
+    operator_namespace: str = field(default_factory=default_operator_namespace)
     identity: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
     lease_seconds: int = 15
     loop: LoopSettings = field(default_factory=LoopSettings)
@@ -55,15 +66,34 @@ class OperatorOptions:
     scrape_url: Callable[[ScrapeTarget], str] = pod_url
 
 
-def default_api_client() -> client.ApiClient:
-    """In a pod, its service account; elsewhere, KUBECONFIG — the same sources kopf logs in with."""
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
-    configuration = client.Configuration.get_default_copy()
-    configuration.connection_pool_maxsize = 32
+def api_client_for(configuration: client.Configuration) -> client.ApiClient:
+    configuration.connection_pool_maxsize = 32  # writes run concurrently (LoopSettings.concurrency)
     return client.ApiClient(configuration)
+
+
+def login_from(kubeconfig: str | None, context: str | None) -> Callable[..., kopf.ConnectionInfo]:
+    """kopf's login handler: the same sources as the writes' client, read again at each call, because kopf
+    logs in again after a 401 and an in-cluster token is rotated on disk."""
+
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        try:
+            configuration = credentials.load(kubeconfig, context)
+        except credentials.CredentialsError as error:
+            raise kopf.LoginError(str(error)) from None
+        scheme, token = credentials.bearer_token(configuration)
+        return kopf.ConnectionInfo(
+            server=str(configuration.host),
+            ca_path=configuration.ssl_ca_cert,
+            insecure=not configuration.verify_ssl,
+            username=configuration.username or None,
+            password=configuration.password or None,
+            scheme=scheme,
+            token=token,
+            certificate_path=configuration.cert_file,
+            private_key_path=configuration.key_file,
+        )
+
+    return login
 
 
 @dataclass
@@ -73,7 +103,8 @@ class Operator:
     options: OperatorOptions
     api_client: client.ApiClient
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
-    login: Callable[..., Any] | None = None
+    # how kopf logs in; by default from the same sources as `credentials.load()`
+    login: Callable[..., Any] = field(default_factory=lambda: login_from(None, None))
     registry: kopf.OperatorRegistry = field(default_factory=kopf.OperatorRegistry)
 
     def __post_init__(self) -> None:
@@ -89,7 +120,7 @@ class Operator:
         self.leadership = (
             Leadership(
                 self.kube,
-                self.options.lease_namespace,
+                self.options.operator_namespace,
                 LEASE_NAME,
                 self.options.identity,
                 lease_seconds=self.options.lease_seconds,
@@ -111,13 +142,12 @@ class Operator:
         )
         self.scraper = Scraper(self.tokens, self.reconciler, self.options.scrape, url_for=self.options.scrape_url)
         self.store = LearnedStore(
-            self.kube, self.options.lease_namespace, self.tokens.learned, every=self.options.learned_save_every
+            self.kube, self.options.operator_namespace, self.tokens.learned, every=self.options.learned_save_every
         )
         self.metrics.watch(lambda: self.reconciler.last_state, self.tokens)
         self.leadership.on_elected = self.reconciler.trigger
         register(self.registry, self.reconciler, discover_nodes=self.options.discover_nodes)
-        if self.login is not None:
-            kopf.on.login(registry=self.registry)(self.login)
+        kopf.on.login(registry=self.registry)(self.login)
         tasks: list[asyncio.Task[None]] = []
         stop = asyncio.Event()
         self._stop = stop
