@@ -22,7 +22,7 @@ from support.controlplane import ROOT, ControlPlane, ControlPlaneUnavailableErro
 from support.realcluster import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, OPERATOR_USER, Reader, api_client
 from support.standin_kubelet import StandInKubelet
 
-MEASURED: list[tuple[str, float]] = []
+MEASURED: list[tuple[str, float, str]] = []
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -34,17 +34,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if MEASURED:
         terminalreporter.section("measured on the real control plane")
-        for what, seconds in MEASURED:
-            terminalreporter.write_line(f"{seconds:7.1f} s  {what}")
+        for what, value, unit in MEASURED:
+            terminalreporter.write_line(f"{value:9.1f} {unit:<6} {what}")
 
 
 @pytest.fixture(scope="session")
 def report() -> Any:
-    """`report(what, seconds)` records a measured time for the end-of-run table."""
+    """`report(what, value, unit="s")` records a measurement for the end-of-run table."""
 
-    def record(what: str, seconds: float) -> None:
-        MEASURED.append((what, seconds))
-        print(f"{what}: {seconds:.1f} s")
+    def record(what: str, value: float, unit: str = "s") -> None:
+        MEASURED.append((what, value, unit))
+        print(f"{what}: {value:.1f} {unit}")
 
     return record
 

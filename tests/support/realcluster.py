@@ -55,6 +55,8 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float, interval:
             last = check()
         except ApiException as error:
             last = f"{error.status} {error.reason}"
+        except OSError as error:  # an endpoint not listening yet
+            last = repr(error)
         else:
             if last:
                 return last, time.monotonic() - started
@@ -72,6 +74,7 @@ class OperatorProcess:
 
     args: list[str]
     log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
@@ -81,7 +84,7 @@ class OperatorProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             start_new_session=True,
             preexec_fn=die_with_parent,  # noqa: PLW1509 -- no operator outlives the test run, however it ends
         )

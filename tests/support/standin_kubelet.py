@@ -228,12 +228,11 @@ class StandInKubelet:
             if pod.metadata.deletion_timestamp is not None:
                 self._stop_engine(pod.metadata.uid)
                 with contextlib.suppress(ApiException):  # gone already
-                    self.core.delete_namespaced_pod(
-                        pod.metadata.name,
-                        pod.metadata.namespace,
-                        grace_period_seconds=0,
-                        body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=pod.metadata.uid)),
+                    # With a body, the API server reads the options from it alone: the grace period goes there.
+                    options = client.V1DeleteOptions(
+                        grace_period_seconds=0, preconditions=client.V1Preconditions(uid=pod.metadata.uid)
                     )
+                    self.core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, body=options)
             elif pod.status.phase == "Pending":
                 self._start_pod(pod)
 
