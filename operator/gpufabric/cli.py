@@ -117,6 +117,8 @@ def configure_logging(verbose: bool) -> None:
     )
     if not verbose:
         logging.getLogger("kopf").setLevel(logging.WARNING)
+        # urllib3 warns once per retried connection; the operator reports the request's outcome itself.
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def cmd_operator(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import yaml
 from kubernetes import client, config
 
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
@@ -50,6 +51,9 @@ def load(kubeconfig: str | None = None, context: str | None = None) -> client.Co
             f"no credentials: not running in a pod, and no kubeconfig at {', '.join(missing)} "
             "(pass --kubeconfig or set KUBECONFIG)"
         )
+    for path in paths.split(os.pathsep):
+        if path and Path(path).expanduser().is_file():
+            _check_shape(Path(path).expanduser(), context if os.pathsep not in paths else None)
     try:
         config.load_kube_config(  # type: ignore[no-untyped-call]
             config_file=paths, context=context, client_configuration=configuration, persist_config=False
@@ -60,6 +64,23 @@ def load(kubeconfig: str | None = None, context: str | None = None) -> client.Co
         # The loader assumes a well-formed file; anything else (not YAML, not a mapping) surfaces as these.
         raise CredentialsError(f"kubeconfig {paths} is not a usable kubeconfig: {_one_line(error)}") from None
     return configuration
+
+
+def _check_shape(path: Path, context: str | None) -> None:
+    """What the client's loader assumes without checking: YAML, a mapping, the context asked for."""
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise CredentialsError(f"kubeconfig {path} cannot be read: {_one_line(error)}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("contexts", []), list):
+        raise CredentialsError(
+            f"kubeconfig {path} is not a kubeconfig (a YAML mapping of clusters, users and contexts)"
+        )
+    if context is not None:
+        names = [c.get("name") for c in document.get("contexts") or [] if isinstance(c, dict)]
+        if context not in names:
+            known = ", ".join(str(n) for n in names) or "none"
+            raise CredentialsError(f"context {context} is not in kubeconfig {path} (its contexts: {known})")
 
 
 def bearer_token(configuration: client.Configuration) -> tuple[str | None, str | None]:

@@ -66,7 +66,8 @@ RULES: tuple[Rule, ...] = (
         ("customresourcedefinitions",),
         WATCH,
         Scope.CLUSTER,
-        "kopf follows the CRDs, so an upgraded CRD is picked up without a restart",
+        "kopf follows the CRDs: one re-created or upgraded is picked up without a restart "
+        "(without the rule kopf warns at start)",
     ),
     Rule(
         "coordination.k8s.io",

