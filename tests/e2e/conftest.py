@@ -19,7 +19,13 @@ import pytest
 from kubernetes import client
 
 from gpufabric import rbac
-from support.controlplane import ROOT, ControlPlane, ControlPlaneUnavailableError, find_binaries
+from support.controlplane import (
+    ROOT,
+    ControlPlane,
+    ControlPlaneUnavailableError,
+    find_binaries,
+    interrupted_by_sigterm,
+)
 from support.realcluster import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, OPERATOR_USER, Reader, api_client
 from support.standin_kubelet import StandInKubelet
 
@@ -66,7 +72,7 @@ def report() -> Any:
 def plane(report: Any) -> Iterator[ControlPlane]:
     binaries = find_binaries()  # collection left the suite out if they cannot be found
     started = time.monotonic()
-    with ControlPlane(binaries, audited_users=(OPERATOR_USER,)) as control_plane:
+    with interrupted_by_sigterm(), ControlPlane(binaries, audited_users=(OPERATOR_USER,)) as control_plane:
         report("control plane up (etcd, API server, scheduler, controller manager)", time.monotonic() - started)
         yield control_plane
 

@@ -39,6 +39,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -121,9 +122,10 @@ def free_port() -> int:
 
 
 def die_with_parent() -> None:
-    """In the child before exec: the kernel sends SIGTERM when the parent dies, however it dies."""
+    """In the child before exec: the kernel kills it when the parent dies, however the parent dies. SIGKILL,
+    not SIGTERM: a kube-apiserver told to stop gracefully waits for an etcd that is already gone."""
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
@@ -323,12 +325,13 @@ class ControlPlane:
         return "\n".join(self.logs(name).splitlines()[-lines:])
 
     def stop(self) -> None:
-        # Reverse order: controllers and scheduler before the API server, the API server before etcd.
+        # Reverse order: controllers and scheduler before the API server, the API server before etcd. The data
+        # is thrown away, so nothing needs a graceful shutdown: a short one, then SIGKILL.
         for name, process in reversed(list(self._processes.items())):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
             try:
-                process.wait(timeout=10)
+                process.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
@@ -337,6 +340,24 @@ class ControlPlane:
         for path in (getattr(self, "_etcd_data", None), getattr(self, "directory", None)):
             if path is not None:
                 shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def interrupted_by_sigterm() -> Iterator[None]:
+    """SIGTERM (CI cancelling a run, `timeout`) raises KeyboardInterrupt in the main thread, so context
+    managers and pytest's finalizers stop the control plane and remove its files, as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _get(url: str, plane: ControlPlane | None) -> bytes:
@@ -353,13 +374,12 @@ def _get(url: str, plane: ControlPlane | None) -> bytes:
 
 @contextlib.contextmanager
 def running(**options: Any) -> Iterator[ControlPlane]:
-    with ControlPlane(**options) as plane:
+    with interrupted_by_sigterm(), ControlPlane(**options) as plane:
         yield plane
 
 
 if __name__ == "__main__":  # pragma: no cover -- a control plane by hand
-    with running() as plane:
+    with contextlib.suppress(KeyboardInterrupt), running() as plane:
         print(f"export KUBECONFIG={plane.admin_kubeconfig}", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.pause()
+        signal.pause()
     sys.exit(0)
