@@ -26,6 +26,7 @@ from gpufabric.api.computenode import ComputeNode
 from gpufabric.controller.reconciler import LoopSettings
 from gpufabric.controller.run import Operator, OperatorOptions
 from support.emulator import FabricEmulator, JsonDict
+from support.fleet import device_plugin_resources
 from support.kubelet import SimulatedKubelet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,11 +153,8 @@ class Cluster:
         ]
         for document in documents:
             if document["kind"] == "ComputeNode":
-                spec = ComputeNode.model_validate(document).spec
-                allocatable = {spec.device_resource_name: str(spec.devices)}
-                if spec.rdma_resource:
-                    allocatable[spec.rdma_resource] = "1000"
-                await self.add_node(spec.node_name, allocatable)
+                compute_node = ComputeNode.model_validate(document)
+                await self.add_node(compute_node.spec.node_name, device_plugin_resources(compute_node))
         for kind in ("Namespace", "ComputeNode", "AgentWorkload"):
             for document in documents:
                 if document["kind"] == kind:

@@ -35,10 +35,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from gpufabric.api.computenode import ComputeNode
+from support.fleet import device_plugin_resources
 
 HOSTNAME_LABEL: Final = "kubernetes.io/hostname"
 NODE_ALLOCATABLE: Final = {"cpu": "256", "memory": "2Ti", "pods": "110", "ephemeral-storage": "4Ti"}
-RDMA_SHARED_DEVICES: Final = "1000"  # the RDMA shared device plugin advertises many slots per NIC
 UNREACHABLE: Final = "node.kubernetes.io/unreachable"
 FIRST_POD_ADDRESS: Final = ipaddress.IPv4Address("127.100.0.1")
 
@@ -111,12 +111,8 @@ class TokenServer:
 
 
 def node_for(compute_node: ComputeNode) -> tuple[str, dict[str, str]]:
-    """The Node a ComputeNode describes, as its device plugins would advertise it: (name, allocatable)."""
-    spec = compute_node.spec
-    allocatable = {**NODE_ALLOCATABLE, spec.device_resource_name: str(spec.devices)}
-    if spec.rdma_resource:
-        allocatable[spec.rdma_resource] = RDMA_SHARED_DEVICES
-    return spec.node_name, allocatable
+    """The Node a ComputeNode describes, as its kubelet and device plugins would advertise it."""
+    return compute_node.spec.node_name, {**NODE_ALLOCATABLE, **device_plugin_resources(compute_node)}
 
 
 class StandInKubelet:
