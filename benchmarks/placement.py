@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from gpufabric.api import AgentWorkload, ComputeNode
 from gpufabric.placement import ExistingReplica, PlacementResult, Snapshot, place
-from gpufabric.placement.firstfit import first_fit
 from gpufabric.placement.requests import ReplicaRequest
+from support.firstfit import first_fit
 from support.fleet import PRIOR, random_fleet, random_workloads, requests, snapshot, workload
 from support.optimum import optimum
 

@@ -33,7 +33,7 @@ def capacity_from_files(
     """Free capacity once the manifests' workloads are placed (as `gpufabric plan` would place them)."""
     prior = PriorThroughput(dict(ACCELERATORS))
     plan = plan_fleet(fleet.nodes, fleet.workloads, prior)
-    taken = [ExistingReplica(d.workload, d.replica, d.nodes, d.devices_per_node) for d in (*plan.running, *plan.placed)]
+    taken = [ExistingReplica.of(d.workload, d.replica, d.allocation) for d in (*plan.running, *plan.placed)]
     snapshot = Snapshot([(node, is_ready(node)) for node in fleet.nodes], taken)
     return _report(snapshot, parameters_billions, precisions, prior, "manifests, after placing their workloads")
 

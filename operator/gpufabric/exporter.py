@@ -18,9 +18,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gpufabric.api.agentworkload import AgentWorkload
+from gpufabric.api.reasons import ConditionReason, ConditionType
 from gpufabric.reconcile import ClusterState
 from gpufabric.reconcile.ledger import fleet_snapshot, replicas_of
-from gpufabric.throughput import TokenTracker, best_total, free_capacity
+from gpufabric.throughput import TokenView, best_total, free_capacity
 from gpufabric.throughput.exposition import REASONS
 from gpufabric.throughput.learning import MIN_SAMPLES, SIZE_CLASSES, representative_size
 
@@ -60,27 +61,34 @@ class OperatorMetrics:
         )
         self.leader = Gauge("gpufabric_leader", "1 while this instance holds the Lease and reconciles.", registry=r)
 
-    def watch(self, state: Callable[[], ClusterState | None], tokens: TokenTracker | None) -> None:
-        """Add the gauges and token counters built from live state at each scrape."""
-        self.registry.register(FleetCollector(state, tokens))
+    def watch(self, published: Callable[[], FleetView]) -> None:
+        """Add the gauges and token counters built at each scrape from the view the loop last published."""
+        self.registry.register(FleetCollector(published))
+
+
+@dataclass(frozen=True)
+class FleetView:
+    """What the event loop last published for the exporter: immutable, so prometheus-client's HTTP thread
+    can read it while the loop goes on (swapping the reference is atomic)."""
+
+    state: ClusterState | None = None
+    tokens: TokenView | None = None
 
 
 class FleetCollector(Collector):
-    def __init__(self, state: Callable[[], ClusterState | None], tokens: TokenTracker | None) -> None:
-        self.state = state
-        self.tokens = tokens
+    def __init__(self, published: Callable[[], FleetView]) -> None:
+        self.published = published
 
     def describe(self) -> list[object]:
         return []  # families depend on the fleet; collected fresh each time
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        yield from self._tokens()
-        state = self.state()
-        if state is None:
-            return
-        yield from self._inventory(state)
+        view = self.published()
+        yield from self._tokens(view.tokens)
+        if view.state is not None:
+            yield from self._inventory(view.state, view.tokens)
 
-    def _tokens(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def _tokens(self, view: TokenView | None) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         tokens = CounterMetricFamily(
             "gpufabric_tokens",
             "Tokens served, summed from the serving engines' counters (resets handled).",
@@ -102,19 +110,19 @@ class FleetCollector(Collector):
             "uses it instead of the prior.",
             labels=["size_class", "accelerator", "precision"],
         )
-        if self.tokens is not None:
-            for key, value in sorted(self.tokens.totals.items()):
+        if view is not None:
+            for key, value in view.totals:
                 tokens.add_metric(list(key), value)
             for reason in REASONS:
-                failures.add_metric([reason], self.tokens.failures.get(reason, 0))
-            for (vendor, accelerator, precision), value in sorted(self.tokens.per_device().items()):
+                failures.add_metric([reason], view.failures.get(reason, 0))
+            for (vendor, accelerator, precision), value in sorted(view.per_device.items()):
                 per_device.add_metric([vendor, accelerator, precision], value)
-            for (size, accelerator, precision), entry in sorted(self.tokens.learned.entries.items()):
+            for (size, accelerator, precision), entry in sorted(view.learned.entries.items()):
                 if entry.samples >= MIN_SAMPLES:
                     learned.add_metric([size, accelerator, precision], entry.normalised / representative_size(size))
         yield from (tokens, failures, per_device, learned)
 
-    def _inventory(self, state: ClusterState) -> Iterator[GaugeMetricFamily]:
+    def _inventory(self, state: ClusterState, view: TokenView | None) -> Iterator[GaugeMetricFamily]:
         snapshot = fleet_snapshot(state.compute_nodes.values(), state.nodes, replicas_of(state.pods))
         devices = GaugeMetricFamily(
             "gpufabric_devices",
@@ -137,8 +145,8 @@ class FleetCollector(Collector):
             labels=["namespace", "workload", "state"],
         )
         unschedulable = 0
-        for key, workload in sorted(state.workloads.items()):
-            namespace, name = key.split("/", 1)
+        for _, workload in sorted(state.workloads.items()):
+            namespace, name = workload.namespace, workload.name
             status = workload.status
             replicas.add_metric([namespace, name, "desired"], workload.spec.replicas)
             replicas.add_metric([namespace, name, "placed"], len(status.placements) if status else 0)
@@ -157,9 +165,9 @@ class FleetCollector(Collector):
             "(single-node replicas, best precision per accelerator, learned or prior per-device throughput).",
             labels=["size_class"],
         )
-        if self.tokens is not None:
+        if view is not None:
             for size in SIZE_CLASSES:
-                rows = free_capacity(snapshot, representative_size(size), self.tokens.learned)
+                rows = free_capacity(snapshot, representative_size(size), view.learned)
                 capacity.add_metric([size], best_total(rows))
         yield capacity
 
@@ -167,4 +175,9 @@ class FleetCollector(Collector):
 def _unschedulable(workload: AgentWorkload) -> int:
     if workload.status is None:
         return 0
-    return int(any(c.type == "Placed" and c.reason == "Unschedulable" for c in workload.status.conditions))
+    return int(
+        any(
+            c.type == ConditionType.PLACED and c.reason == ConditionReason.UNSCHEDULABLE
+            for c in workload.status.conditions
+        )
+    )

@@ -18,11 +18,11 @@ def as_document(plan: FleetPlan) -> dict[str, Any]:
             "workload": decision.workload,
             "replica": decision.replica,
             "state": state,
-            "vendor": decision.vendor.value,
-            "accelerator": decision.accelerator,
-            "precision": decision.precision.value,
-            "devicesPerNode": decision.devices_per_node,
-            "nodes": list(decision.nodes),
+            "vendor": decision.allocation.vendor.value,
+            "accelerator": decision.allocation.accelerator,
+            "precision": decision.allocation.precision.value,
+            "devicesPerNode": decision.allocation.devices_per_node,
+            "nodes": list(decision.allocation.nodes),
             "tokensPerSecond": round(decision.tokens_per_second, 1),
         }
 
@@ -60,11 +60,13 @@ def as_table(plan: FleetPlan) -> str:
             d.workload,
             str(d.replica),
             state,
-            d.vendor.value,
-            d.accelerator,
-            d.precision.value,
-            f"{d.devices_per_node}x{len(d.nodes)}" if len(d.nodes) > 1 else str(d.devices_per_node),
-            ",".join(d.nodes),
+            d.allocation.vendor.value,
+            d.allocation.accelerator,
+            d.allocation.precision.value,
+            f"{d.allocation.devices_per_node}x{len(d.allocation.nodes)}"
+            if len(d.allocation.nodes) > 1
+            else str(d.allocation.devices_per_node),
+            ",".join(d.allocation.nodes),
             f"{d.tokens_per_second:,.0f}",
         ]
         for state, decisions in (("running", plan.running), ("new", plan.placed))

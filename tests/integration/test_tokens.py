@@ -38,7 +38,7 @@ async def engines() -> AsyncIterator[Engines]:
 
 def start(cluster: Cluster, engines: Engines, **options: Any) -> Operator:
     def url(target: ScrapeTarget) -> str:
-        return f"{engines.url}/pods/{target.pod}/metrics"
+        return f"{engines.url}/pods/{target.pod.key}/metrics"
 
     settings: dict[str, Any] = {
         "loop": FAST_TOKENS,

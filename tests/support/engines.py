@@ -62,6 +62,8 @@ class Engines:
         self.default = Engine
         self.url = ""
         self._runner: web.AppRunner | None = None
+        # Set when the server closes: a hanging engine then answers, so shutdown does not wait it out.
+        self._closing = asyncio.Event()
 
     def engine(self, pod: str) -> Engine:
         return self.engines.setdefault(pod, self.default())
@@ -69,7 +71,7 @@ class Engines:
     async def _serve(self, request: web.Request) -> web.Response:
         engine = self.engine(f"{request.match_info['namespace']}/{request.match_info['name']}")
         if engine.misbehave == "hang":
-            await asyncio.sleep(30)
+            await self._closing.wait()  # longer than any scrape timeout; over when the test ends
         if engine.misbehave == "error":
             return web.Response(status=500, text="internal error")
         if engine.misbehave == "garbage":
@@ -94,5 +96,6 @@ class Engines:
         return self
 
     async def __aexit__(self, *_: object) -> None:
+        self._closing.set()
         if self._runner is not None:
             await self._runner.cleanup()

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gpufabric.api import AgentWorkload, ComputeNode
+from gpufabric.api.refs import Kind
 from gpufabric.reconcile import (
     Action,
     ClusterState,
@@ -145,8 +146,8 @@ class FakeCluster:
                     key = f"{manifest['metadata']['namespace']}/{manifest['metadata']['name']}"
                     assert key not in self.pods, f"pod {key} created twice"
                     self.pods[key] = copy.deepcopy(manifest)
-                case DeletePod(namespace=namespace, name=name, force=force):
-                    key = f"{namespace}/{name}"
+                case DeletePod(target=pod, force=force):
+                    key = pod.key
                     if key in self.pods:
                         if force:
                             del self.pods[key]
@@ -156,11 +157,11 @@ class FakeCluster:
                     key = f"{manifest['metadata']['namespace']}/{manifest['metadata']['name']}"
                     assert key not in self.services, f"service {key} created twice"
                     self.services[key] = copy.deepcopy(manifest)
-                case DeleteService(namespace=namespace, name=name):
-                    self.services.pop(f"{namespace}/{name}", None)
-                case PatchStatus(kind=kind, namespace=namespace, name=name, status=status):
-                    objects = self.workloads if kind == "AgentWorkload" else self.compute_nodes
-                    target = objects[f"{namespace}/{name}" if kind == "AgentWorkload" else name]
+                case DeleteService(target=service):
+                    self.services.pop(service.key, None)
+                case PatchStatus(target=ref, status=status):
+                    objects = self.workloads if ref.kind is Kind.AGENT_WORKLOAD else self.compute_nodes
+                    target = objects[ref.key]
                     target.setdefault("status", {})
                     merge_patch(target["status"], status)
                 case Event():

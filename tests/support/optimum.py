@@ -23,7 +23,7 @@ from typing import Any
 
 import highspy
 
-from gpufabric.placement.candidates import candidates_for
+from gpufabric.placement.candidates import Candidate, candidates_for
 from gpufabric.placement.estimates import ThroughputSource
 from gpufabric.placement.requests import ReplicaRequest
 from gpufabric.placement.snapshot import NodeState, Snapshot
@@ -45,6 +45,16 @@ def _eligible(request: ReplicaRequest, node: NodeState) -> bool:
     if placement and placement.node_selector and not placement.node_selector.matches(dict(node.labels)):
         return False
     return not (placement and placement.roce_domains and node.domain not in placement.roce_domains)
+
+
+def _fitting_by_domain(snapshot: Snapshot, request: ReplicaRequest, candidate: Candidate) -> list[list[NodeState]]:
+    """The nodes that could hold a rank of the candidate, grouped by RoCE domain; domains with too few for a
+    gang left out."""
+    by_domain: dict[str | None, list[NodeState]] = defaultdict(list)
+    for n in snapshot.nodes.values():
+        if n.class_id == candidate.class_id and n.free >= candidate.devices_per_node and _eligible(request, n):
+            by_domain[n.domain].append(n)
+    return [nodes for nodes in by_domain.values() if len(nodes) >= candidate.nodes]
 
 
 def optimum(
@@ -71,17 +81,7 @@ def optimum(
         if key not in cache:
             cache[key] = candidates_for(request.workload.spec, snapshot.classes, source, weights)
         for candidate in cache[key]:
-            fits = [
-                n
-                for n in snapshot.nodes.values()
-                if n.class_id == candidate.class_id and n.free >= candidate.devices_per_node and _eligible(request, n)
-            ]
-            by_domain: dict[str | None, list[NodeState]] = defaultdict(list)
-            for n in fits:
-                by_domain[n.domain].append(n)
-            for nodes in by_domain.values():
-                if len(nodes) < candidate.nodes:
-                    continue
+            for nodes in _fitting_by_domain(snapshot, request, candidate):
                 chosen = model.addBinary()  # this replica runs this candidate in this domain
                 per_replica[index].append(chosen)
                 objective.append(candidate.value * chosen)

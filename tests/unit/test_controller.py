@@ -10,26 +10,41 @@ from typing import Any
 
 import pytest
 
+from gpufabric.api.reasons import EventReason, EventType
+from gpufabric.api.refs import Allocation, Kind, ObjectRef, workload_ref
 from gpufabric.controller.expectations import Expectations
 from gpufabric.controller.kube import WriteFailedError
 from gpufabric.controller.reconciler import LoopSettings, Reconciler
-from gpufabric.reconcile import ClusterState, CreatePod, DeletePod, Event, PatchStatus, PodRecord
+from gpufabric.reconcile import (
+    Action,
+    ClusterState,
+    CreatePod,
+    CreateService,
+    DeletePod,
+    DeleteService,
+    Event,
+    PatchStatus,
+    PodRecord,
+    ScaleWorkload,
+)
 from gpufabric.vendors import Precision, Vendor
+
+WORKLOAD = workload_ref("ns", "w")
+NODE = ObjectRef(Kind.COMPUTE_NODE, None, "n1")
+
+
+def pod_ref(name: str) -> ObjectRef:
+    return ObjectRef(Kind.POD, "ns", name)
 
 
 def record(name: str, *, terminating: bool = False) -> PodRecord:
     return PodRecord(
-        namespace="ns",
-        name=name,
-        workload="w",
+        ref=pod_ref(name),
+        workload=WORKLOAD,
         replica=0,
         rank=0,
         compute_node="n1",
-        devices=1,
-        replica_nodes=("n1",),
-        vendor=Vendor.NVIDIA,
-        accelerator="H20",
-        precision=Precision.BF16,
+        allocation=Allocation(Vendor.NVIDIA, "H20", Precision.BF16, 1, ("n1",)),
         template_hash="h",
         terminating=terminating,
     )
@@ -45,7 +60,7 @@ class TestExpectations:
 
     def test_a_deleted_pod_holds_its_devices_as_terminating_until_gone(self) -> None:
         expectations = Expectations()
-        expectations.expect_deleted("ns", "w-0-0")
+        expectations.expect_deleted(pod_ref("w-0-0"))
         (pod,) = expectations.overlay([record("w-0-0")])
         assert pod.terminating
         assert expectations.overlay([]) == ()
@@ -58,10 +73,11 @@ class TestExpectations:
 
 
 class FakeKube:
-    """Records writes; fails the ones `failing` names."""
+    """Records writes and the events sent; fails the writes `failing` names."""
 
     def __init__(self, failing: Callable[[str], Exception | None] = lambda _: None) -> None:
         self.done: list[str] = []
+        self.events: list[tuple[ObjectRef, EventType, EventReason, str]] = []
         self.failing = failing
 
     async def _write(self, what: str) -> None:
@@ -77,11 +93,23 @@ class FakeKube:
     async def delete_pod(self, namespace: str, name: str, *, force: bool) -> None:
         await self._write(f"delete {name}")
 
-    async def patch_status(self, kind: str, namespace: str | None, name: str, status: dict[str, Any]) -> None:
-        await self._write(f"status {name}")
+    async def create_service(self, manifest: dict[str, Any]) -> None:
+        await self._write(f"create service {manifest['metadata']['name']}")
 
-    async def event(self, **kwargs: Any) -> None:
-        await self._write(f"event {kwargs['reason']}")
+    async def delete_service(self, namespace: str, name: str) -> None:
+        await self._write(f"delete service {name}")
+
+    async def patch_status(self, target: ObjectRef, status: dict[str, Any]) -> None:
+        await self._write(f"status {target.name}")
+
+    async def scale_workload(self, namespace: str, name: str, replicas: int) -> None:
+        await self._write(f"scale {name}")
+
+    async def event(
+        self, about: ObjectRef, uid: str | None, type_: EventType, reason: EventReason, message: str
+    ) -> None:
+        await self._write(f"event {reason.value}")
+        self.events.append((about, type_, reason, message))
 
 
 def pod(name: str) -> dict[str, Any]:
@@ -109,20 +137,85 @@ def reconciler(kube: FakeKube) -> Reconciler:
     return Reconciler(kube=kube, loop=LoopSettings(action_backoff=60.0))  # type: ignore[arg-type]
 
 
+def errors(target: Reconciler, action: str) -> float:
+    """gpufabric_reconcile_errors_total{action=...}, read as Prometheus would."""
+    value = target.metrics.registry.get_sample_value("gpufabric_reconcile_errors_total", {"action": action})
+    return value or 0.0
+
+
+def service(name: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "ns"}}
+
+
+INVALID = WriteFailedError("the write", 422, "Unprocessable Entity: spec.x: Invalid value")
+
+# Every kind of write, the API server refusing it as invalid, and where the warning must land: the
+# AgentWorkload it was for (or the ComputeNode whose status it was) — never an object named after a part
+# of the write's key.
+REFUSED_WRITES: dict[str, tuple[Action, str, ObjectRef, EventReason]] = {
+    "create-pod": (CreatePod(pod("chat-3-0"), WORKLOAD), "create chat-3-0", WORKLOAD, EventReason.CREATE_FAILED),
+    "delete-pod": (
+        DeletePod(pod_ref("chat-3-0"), WORKLOAD, force=True),
+        "delete chat-3-0",
+        WORKLOAD,
+        EventReason.DELETE_FAILED,
+    ),
+    "create-service": (
+        CreateService(service("chat-3"), WORKLOAD),
+        "create service chat-3",
+        WORKLOAD,
+        EventReason.CREATE_FAILED,
+    ),
+    "delete-service": (
+        DeleteService(ObjectRef(Kind.SERVICE, "ns", "chat-3"), WORKLOAD),
+        "delete service chat-3",
+        WORKLOAD,
+        EventReason.DELETE_FAILED,
+    ),
+    "workload-status": (PatchStatus(WORKLOAD, {"replicas": 1}), "status w", WORKLOAD, EventReason.UPDATE_FAILED),
+    "node-status": (PatchStatus(NODE, {"freeDevices": 1}), "status n1", NODE, EventReason.UPDATE_FAILED),
+    "scale": (ScaleWorkload(WORKLOAD, 4), "scale w", WORKLOAD, EventReason.UPDATE_FAILED),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_WRITES))
+async def test_a_write_refused_as_invalid_is_reported_on_the_object_it_was_for(name: str) -> None:
+    action, write, about, reason = REFUSED_WRITES[name]
+    kube = FakeKube(lambda what: INVALID if what == write else None)
+    target = reconciler(kube)
+    assert await target.execute((action,), EMPTY)
+    assert kube.done == [f"event {reason.value}"]
+    ((reported_on, kind, said, message),) = kube.events
+    assert reported_on == about
+    assert kind is EventType.WARNING
+    assert said is reason
+    assert message == "the write: Unprocessable Entity: spec.x: Invalid value"
+    assert errors(target, action.verb) == 1
+
+
+async def test_a_refused_event_is_not_reported_with_another_event() -> None:
+    event = Event(WORKLOAD, None, EventType.NORMAL, EventReason.PLACED, "x" * 2000)
+    kube = FakeKube(lambda what: INVALID if what == "event Placed" else None)
+    target = reconciler(kube)
+    assert await target.execute((event,), EMPTY)
+    assert kube.events == []
+    assert errors(target, "event") == 1
+
+
 async def test_one_failing_write_does_not_stop_the_others() -> None:
     kube = FakeKube(lambda what: RuntimeError("boom") if what == "create w-0-0" else None)
     target = reconciler(kube)
     failed = await target.execute(
         (
-            CreatePod(pod("w-0-0")),
-            CreatePod(pod("w-1-0")),
-            DeletePod("ns", "old-0-0", force=False, reason="ScaledDown"),
+            CreatePod(pod("w-0-0"), WORKLOAD),
+            CreatePod(pod("w-1-0"), WORKLOAD),
+            DeletePod(pod_ref("old-0-0"), WORKLOAD, force=False),
         ),
         EMPTY,
     )
     assert failed
     assert sorted(kube.done) == ["create w-1-0", "delete old-0-0"]
-    assert target.metrics.errors.labels(action="create-pod")._value.get() == 1
+    assert errors(target, "create-pod") == 1
 
 
 async def test_a_failed_write_waits_out_its_backoff_instead_of_hammering() -> None:
@@ -133,15 +226,15 @@ async def test_a_failed_write_waits_out_its_backoff_instead_of_hammering() -> No
         return WriteFailedError(what, 503, "unavailable")
 
     target = reconciler(FakeKube(failing))
-    await target.execute((CreatePod(pod("w-0-0")),), EMPTY)
-    await target.execute((CreatePod(pod("w-0-0")),), EMPTY)
+    await target.execute((CreatePod(pod("w-0-0"), WORKLOAD),), EMPTY)
+    await target.execute((CreatePod(pod("w-0-0"), WORKLOAD),), EMPTY)
     assert calls == ["create w-0-0"], "the second pass did not retry within the backoff"
 
 
 async def test_an_unchanged_status_patch_is_not_resent_while_the_watch_catches_up() -> None:
     kube = FakeKube()
     target = reconciler(kube)
-    patch = PatchStatus("AgentWorkload", "ns", "w", {"replicas": 1})
+    patch = PatchStatus(WORKLOAD, {"replicas": 1})
     await target.execute((patch,), EMPTY)
     await target.execute((patch,), EMPTY)
     assert kube.done == ["status w"]
@@ -150,7 +243,7 @@ async def test_an_unchanged_status_patch_is_not_resent_while_the_watch_catches_u
 async def test_identical_events_are_sent_once_a_minute() -> None:
     kube = FakeKube()
     target = reconciler(kube)
-    event = Event("AgentWorkload", "ns", "w", None, "Warning", "Unschedulable", "0/1 nodes: ...")
+    event = Event(WORKLOAD, None, EventType.WARNING, EventReason.UNSCHEDULABLE, "0/1 nodes: ...")
     await target.execute((event,), EMPTY)
     await target.execute((event,), EMPTY)
     assert kube.done == ["event Unschedulable"]

@@ -11,7 +11,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gpufabric.exporter import OperatorMetrics
+from gpufabric.api.refs import Allocation, Kind, ObjectRef, workload_ref
+from gpufabric.exporter import FleetView, OperatorMetrics
 from gpufabric.placement import PriorThroughput
 from gpufabric.throughput import Reading, ScrapeProblem, ScrapeTarget, TokenTracker
 from gpufabric.vendors import ACCELERATORS, Precision, Vendor
@@ -24,14 +25,10 @@ PROMTOOL = os.environ.get("PROMTOOL") or str(ROOT / ".tools/prometheus/usr/bin/p
 
 def target(pod: str, replica: int) -> ScrapeTarget:
     return ScrapeTarget(
-        pod=f"default/{pod}",
-        workload="default/chat",
+        pod=ObjectRef(Kind.POD, "default", pod),
+        workload=workload_ref("default", "chat"),
         replica=replica,
-        vendor=Vendor.NVIDIA,
-        accelerator="H100-SXM5-80GB",
-        precision=Precision.BF16,
-        devices=1,
-        nodes=("h1",),
+        allocation=Allocation(Vendor.NVIDIA, "H100-SXM5-80GB", Precision.BF16, 1, ("h1",)),
         parameters_billions=8.0,
         prompt_counter="p",
         generation_counter="g",
@@ -55,7 +52,8 @@ def exposition() -> str:
         tokens.observe(target("chat-1-0", 1), Reading(50.0 * second, 100.0 * second, None), second)
     tokens.observe(target("chat-1-0", 1), ScrapeProblem("timeout", "slow"), 21.0)
     metrics = OperatorMetrics()
-    metrics.watch(lambda: state, tokens)
+    view = FleetView(state, tokens.view())
+    metrics.watch(lambda: view)
     metrics.passes.inc()
     metrics.placement_seconds.observe(0.003)
     metrics.writes.labels(verb="create", resource="pods").inc()

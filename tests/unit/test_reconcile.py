@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import timedelta
 
+from gpufabric.api.refs import Kind
 from gpufabric.reconcile import CreatePod, DeletePod, Event, PatchStatus, Settings, reconcile
 from support.fakecluster import FakeCluster
 from support.fleet import node, workload
@@ -277,7 +278,7 @@ def test_status_patches_carry_only_what_changed() -> None:
     cluster.workloads[key]["status"]["tokensPerSecond"] = {"prompt": 10.0, "generation": 20.0}
     cluster.edit_workload(key, {"priority": 5})
     outcome = cluster.step()
-    (patch,) = [a for a in outcome.actions if isinstance(a, PatchStatus) and a.kind == "AgentWorkload"]
+    (patch,) = [a for a in outcome.actions if isinstance(a, PatchStatus) and a.target.kind is Kind.AGENT_WORKLOAD]
     assert set(patch.status) == {"observedGeneration", "conditions"}
     assert cluster.status(key)["tokensPerSecond"] == {"prompt": 10.0, "generation": 20.0}
 

@@ -33,6 +33,7 @@ from gpufabric.api.common import (
     keys_matching,
 )
 from gpufabric.api.computenode import DomainName
+from gpufabric.api.refs import Allocation, ObjectRef, workload_ref
 from gpufabric.api.tokens import TokensPerSecond
 from gpufabric.vendors import PLUGIN_OWNED_ENV, Precision, Vendor
 
@@ -396,6 +397,22 @@ class ReplicaPlacement(WireModel):
     )
     tokens_per_second: TokensPerSecond | None = None
 
+    @classmethod
+    def of(cls, replica: int, allocation: Allocation, tokens: TokensPerSecond | None = None) -> ReplicaPlacement:
+        return cls(
+            replica=replica,
+            vendor=allocation.vendor,
+            accelerator=allocation.accelerator,
+            precision=allocation.precision,
+            devices_per_node=allocation.devices_per_node,
+            nodes=list(allocation.nodes),
+            tokens_per_second=tokens,
+        )
+
+    @property
+    def allocation(self) -> Allocation:
+        return Allocation(self.vendor, self.accelerator, self.precision, self.devices_per_node, tuple(self.nodes))
+
 
 class AgentWorkloadStatus(WireModel):
     """What the operator observed and decided. Written by the operator only."""
@@ -455,3 +472,7 @@ class AgentWorkload(WireModel):
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def ref(self) -> ObjectRef:
+        return workload_ref(self.namespace, self.name)

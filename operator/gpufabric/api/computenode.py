@@ -24,6 +24,7 @@ from gpufabric.api.common import (
     WireModel,
     cel_list,
 )
+from gpufabric.api.refs import Kind, ObjectRef
 from gpufabric.api.tokens import TokensPerSecond
 from gpufabric.vendors import Precision, Vendor
 
@@ -224,6 +225,10 @@ class ComputeNode(WireModel):
     @property
     def name(self) -> str:
         return self.metadata.name
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef(Kind.COMPUTE_NODE, None, self.metadata.name)
 
     @property
     def selection_labels(self) -> dict[str, str]:

@@ -145,42 +145,18 @@ def _merge_under(inner: JsonSchema, outer: JsonSchema) -> JsonSchema:
 
 
 def _convert(node: JsonSchema, definitions: dict[str, JsonSchema], path: str) -> JsonSchema:
+    """One node of pydantic's JSON Schema as a structural schema node: refs inlined, nullable unions
+    collapsed, JSON Schema spellings translated to OpenAPI's, and anything Kubernetes cannot say refused."""
     node = _resolve(node, definitions, path)
-
     if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
         node = _collapse_nullable(node, definitions, path)
-
     if ("propertyNames" in node or "patternProperties" in node) and not node.get("x-kubernetes-validations"):
         # Without a rule the key constraint would vanish silently from the CRD.
         raise SchemaError(f"{path}: map keys are constrained; state the constraint as a CEL rule too")
-
     result: JsonSchema = {}
     for key, value in node.items():
-        if key in _DROPPED_KEYS:
-            continue
-        if key == "const":
-            result["enum"] = [value]
-        elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
-            bound = "minimum" if key == "exclusiveMinimum" else "maximum"
-            result[bound] = value
-            result[key] = True
-        elif key == "properties":
-            result["properties"] = {
-                name: _convert(child, definitions, f"{path}.{name}") for name, child in value.items()
-            }
-        elif key == "items":
-            result["items"] = _convert(value, definitions, f"{path}[]")
-        elif key == "default" and value is None:
-            continue
-        else:
-            result[key] = copy.deepcopy(value)
-
-    additional = node.get("additionalProperties")
-    patterned = list(node.get("patternProperties", {}).values())
-    if len(patterned) > 1:
-        raise SchemaError(f"{path}: several key patterns cannot be one structural map")
-    if patterned:
-        additional = patterned[0]
+        result.update(_convert_keyword(key, value, definitions, path))
+    additional = _map_values(node, path)
     if isinstance(additional, dict):
         result["additionalProperties"] = _convert(additional, definitions, f"{path}{{}}")
     if result.get("type") == "object":
@@ -188,14 +164,41 @@ def _convert(node: JsonSchema, definitions: dict[str, JsonSchema], path: str) ->
         for length, properties in (("minLength", "minProperties"), ("maxLength", "maxProperties")):
             if length in result:
                 result[properties] = result.pop(length)
-
     if "enum" in result and "type" not in result:
         result["type"] = _enum_type(result["enum"], path)
+    _require_structural(result, path)
+    return result
+
+
+def _convert_keyword(key: str, value: Any, definitions: dict[str, JsonSchema], path: str) -> JsonSchema:
+    """One keyword of a node, as the structural schema states it (empty: dropped)."""
+    if key in _DROPPED_KEYS or (key == "default" and value is None):
+        return {}
+    if key == "const":
+        return {"enum": [value]}
+    if key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
+        # JSON Schema's numeric exclusive bound is OpenAPI v3.0's bound plus a boolean.
+        return {"minimum" if key == "exclusiveMinimum" else "maximum": value, key: True}
+    if key == "properties":
+        return {"properties": {name: _convert(child, definitions, f"{path}.{name}") for name, child in value.items()}}
+    if key == "items":
+        return {"items": _convert(value, definitions, f"{path}[]")}
+    return {key: copy.deepcopy(value)}
+
+
+def _map_values(node: JsonSchema, path: str) -> Any:
+    """The schema of a map's values: additionalProperties, or the one key pattern's (keys go to CEL)."""
+    patterned = list(node.get("patternProperties", {}).values())
+    if len(patterned) > 1:
+        raise SchemaError(f"{path}: several key patterns cannot be one structural map")
+    return patterned[0] if patterned else node.get("additionalProperties")
+
+
+def _require_structural(result: JsonSchema, path: str) -> None:
     if "type" not in result and not result.get("x-kubernetes-int-or-string"):
         raise SchemaError(f"{path}: no type (structural schemas type every field)")
     if result.get("type") == "object" and "properties" not in result and "additionalProperties" not in result:
         raise SchemaError(f"{path}: an object with neither properties nor additionalProperties")
-    return result
 
 
 def _collapse_nullable(node: JsonSchema, definitions: dict[str, JsonSchema], path: str) -> JsonSchema:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
+from gpufabric.api.refs import ObjectRef
 from gpufabric.reconcile.state import PodRecord
 
 EXPECTATION_TTL_SECONDS = 60.0
@@ -21,14 +22,14 @@ EXPECTATION_TTL_SECONDS = 60.0
 @dataclass
 class Expectations:
     ttl: float = EXPECTATION_TTL_SECONDS
-    created: dict[str, tuple[PodRecord, float]] = field(default_factory=dict)
-    deleted: dict[str, float] = field(default_factory=dict)
+    created: dict[ObjectRef, tuple[PodRecord, float]] = field(default_factory=dict)
+    deleted: dict[ObjectRef, float] = field(default_factory=dict)
 
     def expect_created(self, record: PodRecord) -> None:
-        self.created[f"{record.namespace}/{record.name}"] = (record, time.monotonic() + self.ttl)
+        self.created[record.ref] = (record, time.monotonic() + self.ttl)
 
-    def expect_deleted(self, namespace: str, name: str) -> None:
-        self.deleted[f"{namespace}/{name}"] = time.monotonic() + self.ttl
+    def expect_deleted(self, pod: ObjectRef) -> None:
+        self.deleted[pod] = time.monotonic() + self.ttl
 
     def overlay(self, observed: Iterable[PodRecord]) -> tuple[PodRecord, ...]:
         """The pods a pass should believe in: observed ones, plus created-but-unseen, with deleted-but-seen
@@ -36,11 +37,10 @@ class Expectations:
         now = time.monotonic()
         self.created = {k: v for k, v in self.created.items() if v[1] > now}
         self.deleted = {k: v for k, v in self.deleted.items() if v > now}
-        pods: dict[str, PodRecord] = {}
+        pods: dict[ObjectRef, PodRecord] = {}
         for record in observed:
-            key = f"{record.namespace}/{record.name}"
-            self.created.pop(key, None)  # seen: the watch caught up
-            pods[key] = replace(record, terminating=True) if key in self.deleted else record
+            self.created.pop(record.ref, None)  # seen: the watch caught up
+            pods[record.ref] = replace(record, terminating=True) if record.ref in self.deleted else record
         seen_deleted = {k for k in self.deleted if k in pods}
         self.deleted = {k: v for k, v in self.deleted.items() if k in seen_deleted}
         for key, (record, _) in self.created.items():

@@ -27,6 +27,14 @@ MANAGED = {labels.MANAGED_BY: labels.MANAGER}
 
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, *, discover_nodes: bool = False) -> None:
     """Register every handler on `registry` (a fresh one per operator, so tests can run several)."""
+    register_indexes(registry, reconciler)
+    register_wakeups(registry, reconciler)
+    if discover_nodes:
+        register_discovery(registry, reconciler)
+
+
+def register_indexes(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
+    """Indexes: every watched object as core data, keyed by name; the reconciler reads them each pass."""
 
     @kopf.on.startup(registry=registry)
     async def bind_indexes(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
@@ -67,7 +75,9 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, *, discove
         owned = owned_service(body)
         return {f"{namespace}/{name}": owned} if owned else None
 
-    # --- wake the reconciler on anything that can change a decision ----------------------------------------
+
+def register_wakeups(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
+    """Wake the reconciler on anything that can change a decision."""
 
     # Async on purpose: kopf runs sync handlers in worker threads, and asyncio events must be set from the loop.
     async def wake(**_: Any) -> None:
@@ -94,25 +104,27 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, *, discove
     kopf.on.event(API_GROUP, API_VERSION, "agentworkloads", registry=registry)(wake)
     kopf.on.event("services", labels=MANAGED, registry=registry)(wake)
 
-    if discover_nodes:
 
-        @kopf.on.event("nodes", registry=registry)
-        async def discover(body: kopf.Body, name: str, type: str | None, **kwargs: Any) -> None:
-            if type == "DELETED" or not reconciler.leadership.leading:
-                return
-            found = discovery.discover(body)
-            if found is None:
-                return
-            if found.problem:
-                log.warning("discovery: %s", found.problem)
-                return
-            current = _current_compute_node(kwargs.get("gf_compute_nodes"), name)
-            if current is None:
-                await reconciler.kube.create_compute_node(discovery.create_body(name, found))
-                return
-            patch = discovery.update_patch(current, found)
-            if patch:
-                await reconciler.kube.patch_compute_node(name, patch)
+def register_discovery(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
+    """`--discover-nodes`: Nodes with a vendor's discovery label become (and keep updating) ComputeNodes."""
+
+    @kopf.on.event("nodes", registry=registry)
+    async def discover(body: kopf.Body, name: str, type: str | None, **kwargs: Any) -> None:
+        if type == "DELETED" or not reconciler.leadership.leading:
+            return
+        found = discovery.discover(body)
+        if found is None:
+            return
+        if found.problem:
+            log.warning("discovery: %s", found.problem)
+            return
+        current = _current_compute_node(kwargs.get("gf_compute_nodes"), name)
+        if current is None:
+            await reconciler.kube.create_compute_node(discovery.create_body(name, found))
+            return
+        patch = discovery.update_patch(current, found)
+        if patch:
+            await reconciler.kube.patch_compute_node(name, patch)
 
 
 def _current_compute_node(index: Mapping[str, Any] | None, name: str) -> dict[str, Any] | None:

@@ -24,6 +24,8 @@ from kubernetes.client.exceptions import ApiException
 
 from gpufabric.api import labels
 from gpufabric.api.common import API_GROUP, API_VERSION
+from gpufabric.api.reasons import EventReason, EventType
+from gpufabric.api.refs import Kind, ObjectRef
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -34,7 +36,9 @@ REQUEST_TIMEOUT = (5.0, 30.0)
 # echo must not fail a write that succeeded).
 WRITE: dict[str, Any] = {"_request_timeout": REQUEST_TIMEOUT, "_preload_content": False}
 MERGE_PATCH: dict[str, Any] = {**WRITE, "_content_type": "application/merge-patch+json"}
-PLURALS = {"ComputeNode": "computenodes", "AgentWorkload": "agentworkloads"}
+PLURALS = {Kind.COMPUTE_NODE: "computenodes", Kind.AGENT_WORKLOAD: "agentworkloads"}
+# The events' source and reporting component.
+COMPONENT = "gpu-fabric-operator"
 
 
 class WriteFailedError(Exception):
@@ -152,8 +156,8 @@ class Kube:
 
     # --- our kinds -------------------------------------------------------------------------------------
 
-    async def patch_status(self, kind: str, namespace: str | None, name: str, status: dict[str, Any]) -> None:
-        plural = PLURALS[kind]
+    async def patch_status(self, target: ObjectRef, status: dict[str, Any]) -> None:
+        plural = PLURALS[target.kind]
         body = {"status": status}
         call = (
             partial(
@@ -161,29 +165,23 @@ class Kube:
                 API_GROUP,
                 API_VERSION,
                 plural,
-                name,
+                target.name,
                 body,
                 **MERGE_PATCH,
             )
-            if namespace is None
+            if target.namespace is None
             else partial(
                 self.custom.patch_namespaced_custom_object_status,
                 API_GROUP,
                 API_VERSION,
-                namespace,
+                target.namespace,
                 plural,
-                name,
+                target.name,
                 body,
                 **MERGE_PATCH,
             )
         )
-        await self._call(
-            f"patch {kind} {namespace + '/' if namespace else ''}{name} status",
-            "patch",
-            f"{plural}/status",
-            call,
-            ok=frozenset({404}),
-        )
+        await self._call(f"patch {target} status", "patch", f"{plural}/status", call, ok=frozenset({404}))
 
     async def create_compute_node(self, body: dict[str, Any]) -> None:
         await self._call(
@@ -269,39 +267,31 @@ class Kube:
     # --- events ----------------------------------------------------------------------------------------
 
     async def event(
-        self,
-        *,
-        kind: str,
-        namespace: str | None,
-        name: str,
-        uid: str | None,
-        type_: str,
-        reason: str,
-        message: str,
-        component: str,
+        self, about: ObjectRef, uid: str | None, type_: EventType, reason: EventReason, message: str
     ) -> None:
+        """A core/v1 Event about one of our objects, in its namespace (`default` for cluster-scoped ones)."""
         now = datetime.now(UTC)
-        where = namespace or "default"
+        where = about.namespace or "default"
         body = {
-            "metadata": {"generateName": f"{name}.", "namespace": where},
+            "metadata": {"generateName": f"{about.name}.", "namespace": where},
             "involvedObject": {
                 "apiVersion": f"{API_GROUP}/{API_VERSION}",
-                "kind": kind,
-                "name": name,
-                **({"namespace": namespace} if namespace else {}),
+                "kind": about.kind.value,
+                "name": about.name,
+                **({"namespace": about.namespace} if about.namespace else {}),
                 **({"uid": uid} if uid else {}),
             },
-            "type": type_,
-            "reason": reason,
+            "type": type_.value,
+            "reason": reason.value,
             "message": message[:1024],
-            "source": {"component": component},
-            "reportingComponent": component,
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
             "firstTimestamp": now.isoformat(),
             "lastTimestamp": now.isoformat(),
             "count": 1,
         }
         await self._call(
-            f"event {reason} on {kind} {name}",
+            f"event {reason.value} on {about}",
             "create",
             "events",
             partial(self.core.create_namespaced_event, where, cast(Any, body), **WRITE),

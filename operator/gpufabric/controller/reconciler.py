@@ -13,17 +13,20 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from enum import Enum
 from functools import partial
 from typing import Any
 
 from gpufabric.api.agentworkload import AgentWorkload
 from gpufabric.api.computenode import ComputeNode
+from gpufabric.api.reasons import EventReason, EventType
+from gpufabric.api.refs import Kind, ObjectRef
 from gpufabric.controller.expectations import Expectations
 from gpufabric.controller.kube import Kube, WriteFailedError
 from gpufabric.controller.leader import Leadership
-from gpufabric.exporter import OperatorMetrics
+from gpufabric.exporter import FleetView, OperatorMetrics
 from gpufabric.reconcile import (
     Action,
     ClusterState,
@@ -42,11 +45,11 @@ from gpufabric.reconcile import (
     Settings,
     reconcile,
 )
+from gpufabric.reconcile.actions import RetryKey, retry_key
 from gpufabric.reconcile.observe import pod_record
 from gpufabric.throughput import TokenTracker
 
 log = logging.getLogger(__name__)
-COMPONENT = "gpu-fabric-operator"
 
 # The index names the handlers register (kopf passes each index to handlers under its function's name).
 POD_INDEX = "gf_pods"
@@ -55,6 +58,15 @@ COMPUTE_NODE_INDEX = "gf_compute_nodes"
 WORKLOAD_INDEX = "gf_workloads"
 SERVICE_INDEX = "gf_services"
 INDEX_NAMES = (POD_INDEX, NODE_INDEX, COMPUTE_NODE_INDEX, WORKLOAD_INDEX, SERVICE_INDEX)
+
+
+class Batch(Enum):
+    """The order a pass's writes run in: deletes free devices before creates take them."""
+
+    DELETES = 1
+    CREATES = 2
+    STATUSES = 3
+    EVENTS = 4
 
 
 @dataclass
@@ -85,13 +97,15 @@ class Reconciler:
         self._wake = asyncio.Event()
         self._ready = asyncio.Event()
         self._failures = 0
-        # action key -> (failures, monotonic time before which it is not retried)
-        self._held: dict[str, tuple[int, float]] = {}
-        self._sent_status: dict[str, tuple[Any, Any]] = {}
-        self._recent_events: dict[tuple[str, str, str], float] = {}
-        self._tokens_written: dict[str, float] = {}
+        # retry key -> (failures, monotonic time before which it is not retried)
+        self._held: dict[RetryKey, tuple[int, float]] = {}
+        self._sent_status: dict[ObjectRef, tuple[Any, Any]] = {}
+        self._recent_events: dict[tuple[ObjectRef, EventReason, str], float] = {}
+        self._tokens_written: dict[ObjectRef, float] = {}
         self.last_outcome: Outcome | None = None
         self.last_state: ClusterState | None = None
+        # what the exporter shows (read from prometheus-client's thread): replaced whole, never changed
+        self.published = FleetView()
         self.last_error: str | None = None
         self.passes = 0
 
@@ -104,10 +118,6 @@ class Reconciler:
         self._ready.set()
 
     def trigger(self) -> None:
-        self._wake.set()
-
-    def tokens_changed(self) -> None:
-        """A scrape round finished: status and the autoscaler may have news."""
         self._wake.set()
 
     # --- the loop -----------------------------------------------------------------------------------------
@@ -140,9 +150,13 @@ class Reconciler:
 
     async def run_pass(self) -> Outcome:
         state = self.state()
+        # The pass runs in a worker thread while the scraper keeps learning on the loop: it gets a copy of the
+        # learned table that nothing changes (same input, same output).
+        settings = replace(self.settings, source=self.tokens.learned.snapshot()) if self.tokens else self.settings
         self.last_state = state
+        self.published = FleetView(state, self.tokens.view() if self.tokens else None)
         started = time.perf_counter()
-        outcome = await asyncio.to_thread(reconcile, state, self.settings)
+        outcome = await asyncio.to_thread(reconcile, state, settings)
         self.metrics.placement_seconds.observe(time.perf_counter() - started)
         self.metrics.passes.inc()
         self.metrics.replicas_placed.inc(len(outcome.placed))
@@ -178,7 +192,7 @@ class Reconciler:
         pods = self.expectations.overlay(v for v in self._values(POD_INDEX) if isinstance(v, PodRecord))
         now = time.monotonic()
         report = self.tokens.report(workloads, now) if self.tokens is not None and with_tokens else None
-        targets = [f"AgentWorkload:{k}" for k in workloads] + [f"ComputeNode:{n}" for n in compute_nodes]
+        targets = [w.ref for w in workloads.values()] + [n.ref for n in compute_nodes.values()]
         stale = frozenset(t for t in targets if now - self._tokens_written.get(t, 0.0) >= self.loop.tokens_min_interval)
         return ClusterState(
             compute_nodes=compute_nodes,
@@ -195,136 +209,104 @@ class Reconciler:
     # --- actions ----------------------------------------------------------------------------------------------
 
     async def execute(self, actions: tuple[Action, ...], state: ClusterState) -> bool:
-        """Deletes first (they free devices), then creates, then statuses, then events. Returns whether any
-        write failed for good."""
+        """Deletes first (they free devices), then creates and scaling, then statuses, then events. Returns
+        whether any write failed for good."""
         gate = asyncio.Semaphore(self.loop.concurrency)
-        failed = False
-
-        async def guarded(key: str, write: Callable[[], Awaitable[None]], on_success: Callable[[], None]) -> None:
-            nonlocal failed
-            held = self._held.get(key)
-            if held and held[1] > time.monotonic():
-                failed = True
-                return
-            async with gate:
-                try:
-                    await write()
-                except Exception as error:  # one failed write must not stop the others
-                    if not isinstance(error, WriteFailedError):
-                        log.exception("%s failed", key)
-                        error = WriteFailedError(key, None, repr(error))
-                    failed = True
-                    count = (held[0] if held else 0) + 1
-                    self._held[key] = (count, time.monotonic() + self.loop.action_backoff * 2 ** (count - 1))
-                    self.metrics.errors.labels(action=key.split(":", 1)[0]).inc()
-                    log.warning("%s", error)
-                    self.last_error = str(error)
-                    if error.status == 422:
-                        await self._report_invalid(key, error)
-                    return
-            self._held.pop(key, None)
-            on_success()
-
-        deletes: list[Awaitable[None]] = []
-        creates: list[Awaitable[None]] = []
-        statuses: list[Awaitable[None]] = []
-        events: list[Awaitable[None]] = []
+        batches: dict[Batch, list[Awaitable[bool]]] = {batch: [] for batch in Batch}
         for action in actions:
-            match action:
-                case DeletePod(namespace=ns, name=name, force=force):
-                    deletes.append(
-                        guarded(
-                            f"delete-pod:{ns}/{name}",
-                            partial(self.kube.delete_pod, ns, name, force=force),
-                            partial(self.expectations.expect_deleted, ns, name),
-                        )
-                    )
-                case DeleteService(namespace=ns, name=name):
-                    deletes.append(
-                        guarded(f"delete-service:{ns}/{name}", partial(self.kube.delete_service, ns, name), _nothing)
-                    )
-                case CreatePod(manifest=manifest):
-                    creates.append(
-                        guarded(
-                            f"create-pod:{action.key}",
-                            partial(self.kube.create_pod, manifest),
-                            partial(self.expectations.expect_created, pod_record(manifest)),
-                        )
-                    )
-                case CreateService(manifest=manifest):
-                    creates.append(
-                        guarded(f"create-service:{action.key}", partial(self.kube.create_service, manifest), _nothing)
-                    )
-                case PatchStatus(kind=kind, namespace=ns, name=name, status=status):
-                    target = f"{kind}:{ns or ''}/{name}"
-                    if self._status_already_sent(target, status, state):
-                        continue
-                    statuses.append(
-                        guarded(
-                            f"patch-status:{target}",
-                            partial(self.kube.patch_status, kind, ns, name, status),
-                            partial(self._remember_status, target, status, state),
-                        )
-                    )
-                case ScaleWorkload(namespace=ns, name=name, replicas=replicas):
-                    creates.append(
-                        guarded(f"scale:{ns}/{name}", partial(self.kube.scale_workload, ns, name, replicas), _nothing)
-                    )
-                case Event():
-                    if self._recently_sent(action):
-                        continue
-                    # What the operator did, in the words its events use: the log a person reads.
-                    log.log(
-                        logging.WARNING if action.type == "Warning" else logging.INFO,
-                        "%s %s/%s: %s: %s",
-                        action.kind,
-                        action.namespace,
-                        action.name,
-                        action.reason,
-                        action.message,
-                    )
-                    events.append(
-                        guarded(
-                            f"event:{action.namespace}/{action.name}:{action.reason}",
-                            partial(
-                                self.kube.event,
-                                kind=action.kind,
-                                namespace=action.namespace,
-                                name=action.name,
-                                uid=action.uid,
-                                type_=action.type,
-                                reason=action.reason,
-                                message=action.message,
-                                component=COMPONENT,
-                            ),
-                            _nothing,
-                        )
-                    )
-        for batch in (deletes, creates, statuses, events):
-            await asyncio.gather(*batch)
+            planned = self._plan(action, state)
+            if planned is not None:
+                batch, write, on_success = planned
+                batches[batch].append(self._guarded(gate, action, write, on_success))
+        failed = False
+        for batch in Batch:
+            failed |= not all(await asyncio.gather(*batches[batch]))
         return failed
 
-    def _observed_status(self, target: str, state: ClusterState) -> Any:
-        kind, _, key = target.partition(":")
-        if kind == "AgentWorkload":
-            workload = state.workloads.get(key)
-            return workload.status.wire() if workload and workload.status else None
-        node = state.compute_nodes.get(key.lstrip("/"))
-        return node.status.wire() if node and node.status else None
+    def _plan(
+        self, action: Action, state: ClusterState
+    ) -> tuple[Batch, Callable[[], Awaitable[None]], Callable[[], None]] | None:
+        """Which batch an action runs in, its write, and what to remember once it succeeded; None to skip it."""
+        match action:
+            case DeletePod(target=pod, force=force):
+                write = partial(self.kube.delete_pod, pod.namespace or "", pod.name, force=force)
+                return Batch.DELETES, write, partial(self.expectations.expect_deleted, pod)
+            case DeleteService(target=service):
+                return Batch.DELETES, partial(self.kube.delete_service, service.namespace or "", service.name), _nothing
+            case CreatePod(manifest=manifest):
+                done = partial(self.expectations.expect_created, pod_record(manifest))
+                return Batch.CREATES, partial(self.kube.create_pod, manifest), done
+            case CreateService(manifest=manifest):
+                return Batch.CREATES, partial(self.kube.create_service, manifest), _nothing
+            case ScaleWorkload(target=workload, replicas=replicas):
+                write = partial(self.kube.scale_workload, workload.namespace or "", workload.name, replicas)
+                return Batch.CREATES, write, _nothing
+            case PatchStatus(target=target, status=status):
+                if self._status_already_sent(target, status, state):
+                    return None
+                write = partial(self.kube.patch_status, target, status)
+                return Batch.STATUSES, write, partial(self._remember_status, target, status, state)
+            case Event():
+                if self._recently_sent(action):
+                    return None
+                # What the operator did, in the words its events use: the log a person reads.
+                level = logging.WARNING if action.type is EventType.WARNING else logging.INFO
+                log.log(level, "%s: %s: %s", action.about, action.reason.value, action.message)
+                write = partial(self.kube.event, action.about, action.uid, action.type, action.reason, action.message)
+                return Batch.EVENTS, write, _nothing
 
-    def _status_already_sent(self, target: str, status: dict[str, Any], state: ClusterState) -> bool:
+    async def _guarded(
+        self,
+        gate: asyncio.Semaphore,
+        action: Action,
+        write: Callable[[], Awaitable[None]],
+        on_success: Callable[[], None],
+    ) -> bool:
+        """One write, unless its retry key is still backing off; a failure is counted, logged, backed off
+        and (when the API server refused it as invalid) reported — never raised. Returns success."""
+        key = retry_key(action)
+        held = self._held.get(key)
+        if held and held[1] > time.monotonic():
+            return False
+        async with gate:
+            try:
+                await write()
+            except Exception as error:  # one failed write must not stop the others
+                if not isinstance(error, WriteFailedError):
+                    log.exception("%s %s failed", action.verb, describe(action))
+                    error = WriteFailedError(f"{action.verb} {describe(action)}", None, repr(error))
+                count = (held[0] if held else 0) + 1
+                self._held[key] = (count, time.monotonic() + self.loop.action_backoff * 2 ** (count - 1))
+                self.metrics.errors.labels(action=action.verb).inc()
+                log.warning("%s", error)
+                self.last_error = str(error)
+                if error.status == 422:
+                    await self._report_refused(action, error)
+                return False
+        self._held.pop(key, None)
+        on_success()
+        return True
+
+    def _observed_status(self, target: ObjectRef, state: ClusterState) -> Any:
+        found = (
+            state.workloads.get(target.key)
+            if target.kind is Kind.AGENT_WORKLOAD
+            else state.compute_nodes.get(target.key)
+        )
+        return found.status.wire() if found is not None and found.status is not None else None
+
+    def _status_already_sent(self, target: ObjectRef, status: dict[str, Any], state: ClusterState) -> bool:
         """The same patch was sent while the indexed status has not moved since: the watch has not caught up."""
         sent = self._sent_status.get(target)
         return sent is not None and sent[0] == status and sent[1] == self._observed_status(target, state)
 
-    def _remember_status(self, target: str, status: dict[str, Any], state: ClusterState) -> None:
+    def _remember_status(self, target: ObjectRef, status: dict[str, Any], state: ClusterState) -> None:
         self._sent_status[target] = (status, self._observed_status(target, state))
         if "tokensPerSecond" in status:
-            kind, _, key = target.partition(":")
-            self._tokens_written[f"{kind}:{key.lstrip('/')}"] = time.monotonic()
+            self._tokens_written[target] = time.monotonic()
 
     def _recently_sent(self, event: Event, window: float = 60.0) -> bool:
-        key = (f"{event.namespace}/{event.name}", event.reason, event.message)
+        key = (event.about, event.reason, event.message)
         now = time.monotonic()
         self._recent_events = {k: t for k, t in self._recent_events.items() if t > now}
         if key in self._recent_events:
@@ -332,24 +314,31 @@ class Reconciler:
         self._recent_events[key] = now + window
         return False
 
-    async def _report_invalid(self, key: str, error: WriteFailedError) -> None:
-        """The API server refused what we rendered (e.g. an env var it rejects): say so on the workload."""
-        _, _, target = key.partition(":")
-        namespace, _, name = target.partition("/")
-        workload = name.rsplit("-", 2)[0] if key.startswith("create-pod:") else name
+    async def _report_refused(self, action: Action, error: WriteFailedError) -> None:
+        """The API server refused what we rendered as invalid (422): say so on the object the write was
+        for — the AgentWorkload whose pod, Service, status or scale it was, or the ComputeNode."""
+        if isinstance(action, Event):
+            return  # an Event about a refused Event would be refused the same way
+        reason = REFUSED_REASONS[action.verb]
         try:
-            await self.kube.event(
-                kind="AgentWorkload",
-                namespace=namespace,
-                name=workload,
-                uid=None,
-                type_="Warning",
-                reason="CreateFailed",
-                message=f"{error.what}: {error.reason}",
-                component=COMPONENT,
-            )
+            await self.kube.event(action.about, None, EventType.WARNING, reason, f"{error.what}: {error.reason}")
         except WriteFailedError:
             log.warning("could not report %s", error)
+
+
+# The event that says a write was refused as invalid, by the write.
+REFUSED_REASONS = {
+    CreatePod.verb: EventReason.CREATE_FAILED,
+    CreateService.verb: EventReason.CREATE_FAILED,
+    DeletePod.verb: EventReason.DELETE_FAILED,
+    DeleteService.verb: EventReason.DELETE_FAILED,
+    PatchStatus.verb: EventReason.UPDATE_FAILED,
+    ScaleWorkload.verb: EventReason.UPDATE_FAILED,
+}
+
+
+def describe(action: Action) -> ObjectRef:
+    return action.about if isinstance(action, Event) else action.target
 
 
 def _nothing() -> None:

@@ -131,10 +131,9 @@ class Operator:
         )
         self.reconciler = Reconciler(
             kube=self.kube,
-            # Placement reads per-device throughput from what the fleet has measured, the prior elsewhere.
-            settings=Settings(
-                node_grace=timedelta(seconds=self.options.node_grace_seconds), source=self.tokens.learned
-            ),
+            # Placement reads per-device throughput from what the fleet has measured (a snapshot of the tracker's
+            # learned table each pass), the prior elsewhere.
+            settings=Settings(node_grace=timedelta(seconds=self.options.node_grace_seconds)),
             loop=self.options.loop,
             metrics=self.metrics,
             leadership=self.leadership,
@@ -144,7 +143,7 @@ class Operator:
         self.store = LearnedStore(
             self.kube, self.options.operator_namespace, self.tokens.learned, every=self.options.learned_save_every
         )
-        self.metrics.watch(lambda: self.reconciler.last_state, self.tokens)
+        self.metrics.watch(lambda: self.reconciler.published)
         self.leadership.on_elected = self.reconciler.trigger
         register(self.registry, self.reconciler, discover_nodes=self.options.discover_nodes)
         kopf.on.login(registry=self.registry)(self.login)

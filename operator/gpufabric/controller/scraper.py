@@ -60,20 +60,16 @@ class Scraper:
             leader = next((p for p in replica.pods if p.rank == 0), None)
             if leader is None or not leader.ip:
                 continue
-            runtime = workload.spec.runtimes.get(replica.vendor)
+            runtime = workload.spec.runtimes.get(replica.allocation.vendor)
             if runtime is None:
                 continue
             metrics = workload.spec.metrics_or_default
             found.append(
                 ScrapeTarget(
-                    pod=f"{leader.namespace}/{leader.name}",
-                    workload=replica.workload_key,
+                    pod=leader.ref,
+                    workload=replica.workload,
                     replica=replica.replica,
-                    vendor=replica.vendor,
-                    accelerator=replica.accelerator,
-                    precision=replica.precision,
-                    devices=replica.devices_per_node * len(replica.nodes),
-                    nodes=replica.nodes,
+                    allocation=replica.allocation,
                     parameters_billions=workload.spec.model.parameters_billions,
                     prompt_counter=metrics.prompt_tokens_counter,
                     generation_counter=metrics.generation_tokens_counter,
@@ -107,13 +103,15 @@ class Scraper:
             async with gate:
                 outcome = await self.fetch(session, target)
             if isinstance(outcome, ScrapeProblem):
-                log.warning("scrape %s (%s): %s %s", target.pod, self.url_for(target), outcome.reason, outcome.detail)
+                log.warning(
+                    "scrape %s (%s): %s %s", target.pod.key, self.url_for(target), outcome.reason, outcome.detail
+                )
             self.tracker.observe(target, outcome, time.monotonic())
 
         await asyncio.gather(*(one(t) for t in targets))
         self.tracker.forget_missing(t.pod for t in targets)
         self.rounds += 1
-        self.reconciler.tokens_changed()
+        self.reconciler.trigger()  # status and the autoscaler may have news
 
     async def fetch(self, session: aiohttp.ClientSession, target: ScrapeTarget) -> Reading | ScrapeProblem:
         url = self.url_for(target)

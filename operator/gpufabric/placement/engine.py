@@ -26,6 +26,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from gpufabric.api.agentworkload import SpreadPolicy
+from gpufabric.api.refs import Allocation
 from gpufabric.placement.candidates import Candidate, candidates_for
 from gpufabric.placement.estimates import ThroughputSource
 from gpufabric.placement.explain import explain
@@ -33,26 +34,17 @@ from gpufabric.placement.prices import Ask, Market
 from gpufabric.placement.requests import ReplicaRequest, WorkloadRequest
 from gpufabric.placement.snapshot import BucketIndex, NodeState, Snapshot
 from gpufabric.placement.weights import Weights
-from gpufabric.vendors import Precision, Vendor
 
 
 @dataclass(frozen=True)
 class Decision:
-    """Where one replica goes. `nodes` lists ComputeNodes, rank 0 first."""
+    """Where one replica goes, and what it is predicted to serve."""
 
-    workload: str
+    workload: str  # namespace/name
     replica: int
-    vendor: Vendor
-    accelerator: str
-    precision: Precision
-    devices_per_node: int
-    nodes: tuple[str, ...]
+    allocation: Allocation
     tokens_per_second: float
     value: float
-
-    @property
-    def devices(self) -> int:
-        return self.devices_per_node * len(self.nodes)
 
 
 @dataclass(frozen=True)
@@ -123,17 +115,14 @@ def place(
 
 
 def _decision(request: ReplicaRequest, candidate: Candidate, nodes: tuple[str, ...]) -> Decision:
-    return Decision(
-        workload=request.workload.key,
-        replica=request.replica,
-        vendor=candidate.node_class.vendor,
-        accelerator=candidate.node_class.accelerator,
-        precision=candidate.precision,
-        devices_per_node=candidate.devices_per_node,
-        nodes=nodes,
-        tokens_per_second=candidate.tokens_per_second,
-        value=candidate.value,
+    allocation = Allocation(
+        candidate.node_class.vendor,
+        candidate.node_class.accelerator,
+        candidate.precision,
+        candidate.devices_per_node,
+        nodes,
     )
+    return Decision(request.workload.key, request.replica, allocation, candidate.tokens_per_second, candidate.value)
 
 
 def _plan(snapshot: Snapshot, request: WorkloadRequest, source: ThroughputSource, weights: Weights) -> _Plan:
@@ -254,6 +243,30 @@ class _Scorer:
         return sum(term for term, _ in chosen) / needed, tuple(name for _, name in chosen)
 
 
+def _domain_options(
+    plan: _Plan,
+    candidate: Candidate,
+    effective: float,
+    scorer: _Scorer,
+    domain_terms: dict[str | None, float],
+) -> list[tuple[float, str | None, float]]:
+    """Each domain's best possible score for the candidate, from its tightest fitting node, best first: the
+    search tries the most promising domain first and stops where none can beat what was found."""
+    packing = scorer.weights.packing
+    options = []
+    for domain in plan.view.domains(candidate.class_id):
+        tightest = plan.view.tightest(candidate.class_id, domain, candidate.devices_per_node)
+        if tightest is None:
+            continue
+        domain_term = domain_terms.get(domain)
+        if domain_term is None:
+            domain_term = domain_terms[domain] = scorer.domain_term(domain)
+        fit = 1.0 - (tightest - candidate.devices_per_node) / candidate.node_class.devices
+        options.append((effective + candidate.value * (packing * fit + domain_term), domain, domain_term))
+    options.sort(key=lambda option: -option[0])
+    return options
+
+
 def _choose(
     snapshot: Snapshot, plan: _Plan, market: Market, weights: Weights
 ) -> tuple[Candidate, tuple[str, ...]] | None:
@@ -274,19 +287,7 @@ def _choose(
     for bound, effective, candidate in ranked:
         if best is not None and bound <= best_score:
             break
-        # Each domain's best possible score, from its tightest fitting node: search the most promising
-        # first and stop where none can beat what was found.
-        options = []
-        for domain in plan.view.domains(candidate.class_id):
-            tightest = plan.view.tightest(candidate.class_id, domain, candidate.devices_per_node)
-            if tightest is None:
-                continue
-            domain_term = domain_terms.get(domain)
-            if domain_term is None:
-                domain_term = domain_terms[domain] = scorer.domain_term(domain)
-            fit = 1.0 - (tightest - candidate.devices_per_node) / candidate.node_class.devices
-            options.append((effective + candidate.value * (weights.packing * fit + domain_term), domain, domain_term))
-        options.sort(key=lambda option: -option[0])
+        options = _domain_options(plan, candidate, effective, scorer, domain_terms)
         for domain_bound, domain, domain_term in options:
             if best is not None and domain_bound <= best_score:
                 break

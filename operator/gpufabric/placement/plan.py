@@ -72,19 +72,7 @@ def running_replicas(
                 devices_per_node=placement.devices_per_node,
                 nodes=len(placement.nodes),
             )
-            running.append(
-                Decision(
-                    workload=workload.key,
-                    replica=placement.replica,
-                    vendor=placement.vendor,
-                    accelerator=placement.accelerator,
-                    precision=placement.precision,
-                    devices_per_node=placement.devices_per_node,
-                    nodes=tuple(placement.nodes),
-                    tokens_per_second=tokens,
-                    value=tokens,
-                )
-            )
+            running.append(Decision(workload.key, placement.replica, placement.allocation, tokens, tokens))
     return running
 
 
@@ -95,7 +83,7 @@ def plan_fleet(
     weights: Weights | None = None,
 ) -> FleetPlan:
     running = running_replicas(workloads, nodes, source)
-    existing = [ExistingReplica(d.workload, d.replica, d.nodes, d.devices_per_node) for d in running]
+    existing = [ExistingReplica.of(d.workload, d.replica, d.allocation) for d in running]
     snapshot = Snapshot([(node, is_ready(node)) for node in nodes], existing)
     orphaned = {(r.workload, r.replica) for r in snapshot.orphaned}
     kept = [e for e in existing if (e.workload, e.replica) not in orphaned]
@@ -118,8 +106,8 @@ def _totals(nodes: Sequence[ComputeNode], decisions: Sequence[Decision]) -> tupl
     used: Counter[Vendor] = Counter()
     tokens: dict[Vendor, float] = defaultdict(float)
     for decision in decisions:
-        used[decision.vendor] += decision.devices
-        tokens[decision.vendor] += decision.tokens_per_second
+        used[decision.allocation.vendor] += decision.allocation.devices
+        tokens[decision.allocation.vendor] += decision.tokens_per_second
     return tuple(
         VendorTotals(vendor, devices[vendor], used[vendor], tokens[vendor])
         for vendor in Vendor

@@ -13,6 +13,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from gpufabric.api.computenode import ComputeNode
+from gpufabric.api.refs import Allocation
 from gpufabric.vendors import Precision, Vendor
 
 
@@ -54,12 +55,16 @@ class NodeState:
 
 @dataclass(frozen=True)
 class ExistingReplica:
-    """A replica already running (from the operator's ledger, or from status in files)."""
+    """A replica already running (from the operator's ledger, or from status in files): what it reserves."""
 
     workload: str
     replica: int
     nodes: tuple[str, ...]
     devices_per_node: int
+
+    @classmethod
+    def of(cls, workload: str, replica: int, allocation: Allocation) -> ExistingReplica:
+        return cls(workload, replica, allocation.nodes, allocation.devices_per_node)
 
 
 class BucketIndex:
@@ -161,9 +166,8 @@ class Snapshot:
                 cordoned=compute_node.spec.unschedulable,
                 free=node_class.devices,
             )
-        # Replicas whose nodes are gone, and nodes holding more than they have: the caller must act on both.
+        # Replicas whose nodes are gone: the caller must act on them.
         self.orphaned: list[ExistingReplica] = []
-        self.overcommitted: dict[str, int] = {}
         for replica in existing:
             if any(n not in self.nodes for n in replica.nodes):
                 self.orphaned.append(replica)
@@ -173,9 +177,9 @@ class Snapshot:
                 node.free -= replica.devices_per_node
                 node.replicas[replica.workload] += 1
         for node in self.nodes.values():
-            if node.free < 0:
-                self.overcommitted[node.name] = -node.free
-                node.free = 0
+            # A node holding more than it has (its spec shrank under running replicas) has nothing free; its
+            # ComputeNode's status says Overcommitted.
+            node.free = max(node.free, 0)
         self.domain_devices: Counter[str | None] = Counter()
         self.domain_free: Counter[str | None] = Counter()
         self.domain_replicas: dict[str | None, Counter[str]] = {}
@@ -194,10 +198,6 @@ class Snapshot:
             index = BucketIndex(node for node in self.nodes.values() if eligible(node))
             self._views[key] = index
         return index
-
-    @property
-    def everything(self) -> BucketIndex:
-        return self._views[None]
 
     def class_free(self) -> list[int]:
         free = [0] * len(self.classes)
@@ -219,6 +219,9 @@ class Snapshot:
             self.domain_replicas.setdefault(self.nodes[name].domain, Counter())[workload] += 1
 
     def release(self, workload: str, nodes: Iterable[str], devices_per_node: int) -> None:
+        """Undo `allocate`: the seam a preemptor would use to ask "what if this replica were gone?". Free
+        devices, replica counts and bucket membership return exactly (a released node rejoins its bucket
+        last, so ties among equally full nodes may then break in another order)."""
         for name in nodes:
             node = self.nodes[name]
             if node.replicas[workload] < 1:

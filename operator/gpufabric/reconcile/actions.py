@@ -1,76 +1,108 @@
-"""What a reconcile pass asks the shell to do. Plain data; the controller carries them out in order."""
+"""What a reconcile pass asks the shell to do. Plain, frozen data; the controller carries them out in order.
+
+Every write names what it writes (`target`) and the AgentWorkload or ComputeNode it acts for (`about`);
+an Event names what it is about. The controller keys retries on `retry_key`, and when the API server
+refuses a write as invalid it reports that on `about` — never by taking a name apart.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
+
+from gpufabric.api.reasons import EventReason, EventType
+from gpufabric.api.refs import Kind, ObjectRef
 
 
-def _namespaced_name(manifest: dict[str, Any]) -> str:
-    return f"{manifest['metadata']['namespace']}/{manifest['metadata']['name']}"
+def _manifest_ref(kind: Kind, manifest: dict[str, Any]) -> ObjectRef:
+    return ObjectRef(kind, manifest["metadata"]["namespace"], manifest["metadata"]["name"])
 
 
 @dataclass(frozen=True)
 class CreatePod:
+    verb: ClassVar[str] = "create-pod"
     manifest: dict[str, Any]
+    about: ObjectRef
 
     @property
-    def key(self) -> str:
-        return _namespaced_name(self.manifest)
+    def target(self) -> ObjectRef:
+        return _manifest_ref(Kind.POD, self.manifest)
 
 
 @dataclass(frozen=True)
 class DeletePod:
-    namespace: str
-    name: str
+    verb: ClassVar[str] = "delete-pod"
+    target: ObjectRef
+    about: ObjectRef
     # Force (grace 0) for pods on lost nodes: their kubelet will never confirm a graceful stop.
     force: bool
-    reason: str
 
 
 @dataclass(frozen=True)
 class CreateService:
+    verb: ClassVar[str] = "create-service"
     manifest: dict[str, Any]
+    about: ObjectRef
 
     @property
-    def key(self) -> str:
-        return _namespaced_name(self.manifest)
+    def target(self) -> ObjectRef:
+        return _manifest_ref(Kind.SERVICE, self.manifest)
 
 
 @dataclass(frozen=True)
 class DeleteService:
-    namespace: str
-    name: str
+    verb: ClassVar[str] = "delete-service"
+    target: ObjectRef
+    about: ObjectRef
 
 
 @dataclass(frozen=True)
 class PatchStatus:
-    """A merge patch of an object's status subresource; `kind` is ComputeNode or AgentWorkload."""
+    """A merge patch of an AgentWorkload's or ComputeNode's status subresource."""
 
-    kind: str
-    namespace: str | None
-    name: str
+    verb: ClassVar[str] = "patch-status"
+    target: ObjectRef
     status: dict[str, Any]
+
+    @property
+    def about(self) -> ObjectRef:
+        return self.target
 
 
 @dataclass(frozen=True)
 class ScaleWorkload:
     """Set spec.replicas (and the scaled-to annotation that marks the autoscaler as its owner)."""
 
-    namespace: str
-    name: str
+    verb: ClassVar[str] = "scale"
+    target: ObjectRef
     replicas: int
+
+    @property
+    def about(self) -> ObjectRef:
+        return self.target
 
 
 @dataclass(frozen=True)
 class Event:
-    kind: str
-    namespace: str | None
-    name: str
+    """A Kubernetes Event about `about` (its `involvedObject`), in its namespace (`default` for ComputeNodes)."""
+
+    verb: ClassVar[str] = "event"
+    about: ObjectRef
     uid: str | None
-    type: str  # Normal | Warning
-    reason: str
+    type: EventType
+    reason: EventReason
     message: str
 
 
 Action = CreatePod | DeletePod | CreateService | DeleteService | PatchStatus | ScaleWorkload | Event
+Write = CreatePod | DeletePod | CreateService | DeleteService | PatchStatus | ScaleWorkload
+
+# What a failed action's backoff is keyed on: the write and its object; for Events, the object and the reason
+# (a refused Event is not retried once per message).
+RetryKey = tuple[str, ObjectRef, str]
+
+
+def retry_key(action: Action) -> RetryKey:
+    if isinstance(action, Event):
+        return (action.verb, action.about, action.reason.value)
+    return (action.verb, action.target, "")

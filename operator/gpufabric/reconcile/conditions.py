@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from gpufabric.api.common import Condition, ConditionStatus
+from gpufabric.api.reasons import ConditionReason, ConditionType
 
 
 @dataclass(frozen=True)
 class Wanted:
-    type: str
+    type: ConditionType
     status: bool
-    reason: str
+    reason: ConditionReason
     message: str
 
 
@@ -30,11 +31,11 @@ def merge(
         since = before.last_transition_time if before is not None and before.status == status else now
         merged.append(
             Condition(
-                type=want.type,
+                type=want.type.value,
                 status=status,
                 observed_generation=generation,
                 last_transition_time=since,
-                reason=want.reason,
+                reason=want.reason.value,
                 message=want.message,
             )
         )

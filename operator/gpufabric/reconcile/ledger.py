@@ -13,36 +13,34 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from gpufabric.api.computenode import ComputeNode
+from gpufabric.api.refs import Allocation, ObjectRef
 from gpufabric.placement.snapshot import ExistingReplica, Snapshot
 from gpufabric.reconcile.state import NodeHealth, PodRecord
-from gpufabric.vendors import Precision, Vendor
 
 
 @dataclass(frozen=True)
 class LedgerReplica:
-    namespace: str
-    workload: str
+    workload: ObjectRef
     replica: int
-    nodes: tuple[str, ...]
-    devices_per_node: int
-    vendor: Vendor
-    accelerator: str
-    precision: Precision
+    allocation: Allocation  # as its lowest-ranked pod records it
     template_hash: str
     pods: tuple[PodRecord, ...]
 
     @property
     def workload_key(self) -> str:
-        return f"{self.namespace}/{self.workload}"
+        return self.workload.key
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return self.allocation.nodes
 
     @property
     def consistent(self) -> bool:
-        """Every pod agrees on the replica's shape and sits where its rank belongs."""
+        """Every pod agrees on the replica's allocation and sits where its rank belongs."""
         return all(
             0 <= pod.rank < len(self.nodes)
             and pod.compute_node == self.nodes[pod.rank]
-            and pod.replica_nodes == self.nodes
-            and pod.devices == self.devices_per_node
+            and pod.allocation == self.allocation
             for pod in self.pods
         ) and len({pod.rank for pod in self.pods}) == len(self.pods)
 
@@ -64,33 +62,20 @@ class LedgerReplica:
         return self.complete and all(pod.ready for pod in self.pods)
 
     def reservation(self) -> ExistingReplica:
-        return ExistingReplica(self.workload_key, self.replica, self.nodes, self.devices_per_node)
+        return ExistingReplica.of(self.workload_key, self.replica, self.allocation)
 
 
 def replicas_of(pods: Iterable[PodRecord]) -> list[LedgerReplica]:
     """Group pods into replicas, sorted by workload and replica index. The replica's shape comes from its
     lowest-ranked pod; pods that disagree make the replica inconsistent (it is then replaced whole)."""
-    grouped: dict[tuple[str, str, int], list[PodRecord]] = defaultdict(list)
+    grouped: dict[tuple[ObjectRef, int], list[PodRecord]] = defaultdict(list)
     for pod in pods:
-        grouped[(pod.namespace, pod.workload, pod.replica)].append(pod)
+        grouped[(pod.workload, pod.replica)].append(pod)
     replicas = []
-    for (namespace, workload, index), members in sorted(grouped.items()):
+    for (workload, index), members in sorted(grouped.items()):
         members.sort(key=lambda p: (p.rank, p.name))
         first = members[0]
-        replicas.append(
-            LedgerReplica(
-                namespace=namespace,
-                workload=workload,
-                replica=index,
-                nodes=first.replica_nodes,
-                devices_per_node=first.devices,
-                vendor=first.vendor,
-                accelerator=first.accelerator,
-                precision=first.precision,
-                template_hash=first.template_hash,
-                pods=tuple(members),
-            )
-        )
+        replicas.append(LedgerReplica(workload, index, first.allocation, first.template_hash, tuple(members)))
     return replicas
 
 

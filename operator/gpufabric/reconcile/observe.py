@@ -14,6 +14,8 @@ from gpufabric.api.agentworkload import AgentWorkload
 from gpufabric.api.common import Condition
 from gpufabric.api.computenode import ComputeNode
 from gpufabric.api.objects import problems
+from gpufabric.api.reasons import KUBE_SCHEDULER_UNSCHEDULABLE
+from gpufabric.api.refs import Allocation, Kind, ObjectRef, workload_ref
 from gpufabric.reconcile.state import InvalidWorkload, NodeHealth, OwnedService, PodRecord
 from gpufabric.vendors import Precision, Vendor
 
@@ -35,17 +37,18 @@ def pod_record(body: Mapping[str, Any]) -> PodRecord:
     try:
         replica_nodes = tuple(n for n in str(notes[labels.REPLICA_NODES]).split(",") if n)
         record = PodRecord(
-            namespace=meta["namespace"],
-            name=meta["name"],
-            workload=pod_labels[labels.WORKLOAD],
+            ref=ObjectRef(Kind.POD, meta["namespace"], meta["name"]),
+            workload=workload_ref(meta["namespace"], pod_labels[labels.WORKLOAD]),
             replica=int(pod_labels[labels.REPLICA]),
             rank=int(pod_labels[labels.RANK]),
             compute_node=notes[labels.COMPUTE_NODE],
-            devices=int(notes[labels.DEVICES]),
-            replica_nodes=replica_nodes,
-            vendor=Vendor(notes[labels.VENDOR]),
-            accelerator=notes[labels.ACCELERATOR],
-            precision=Precision(notes[labels.PRECISION]),
+            allocation=Allocation(
+                vendor=Vendor(notes[labels.VENDOR]),
+                accelerator=notes[labels.ACCELERATOR],
+                precision=Precision(notes[labels.PRECISION]),
+                devices_per_node=int(notes[labels.DEVICES]),
+                nodes=replica_nodes,
+            ),
             template_hash=notes.get(labels.TEMPLATE_HASH, ""),
             ready=_pod_ready(body),
             terminating=bool(meta.get("deletionTimestamp")),
@@ -56,8 +59,8 @@ def pod_record(body: Mapping[str, Any]) -> PodRecord:
         raise NotOurs(
             f"pod {meta.get('namespace')}/{meta.get('name')}: unreadable allocation record: {error!r}"
         ) from None
-    if not replica_nodes or record.devices < 1 or record.rank < 0 or record.replica < 0:
-        raise NotOurs(f"pod {record.namespace}/{record.name}: allocation record out of range")
+    if not replica_nodes or record.allocation.devices_per_node < 1 or record.rank < 0 or record.replica < 0:
+        raise NotOurs(f"pod {record.ref.key}: allocation record out of range")
     return record
 
 
@@ -77,7 +80,7 @@ def _unschedulable(body: Mapping[str, Any]) -> str | None:
         if (
             condition.get("type") == "PodScheduled"
             and condition.get("status") == "False"
-            and condition.get("reason") == "Unschedulable"
+            and condition.get("reason") == KUBE_SCHEDULER_UNSCHEDULABLE
         ):
             return str(condition.get("message") or "unschedulable")
     return None
@@ -112,12 +115,17 @@ def _timestamp(value: Any) -> datetime | None:
 def owned_service(body: Mapping[str, Any]) -> OwnedService | None:
     if not is_managed(body):
         return None
-    service_labels = (body.get("metadata") or {}).get("labels") or {}
+    meta = body.get("metadata") or {}
+    service_labels = meta.get("labels") or {}
     workload = service_labels.get(labels.WORKLOAD)
-    if not workload:
+    if not workload or not meta.get("namespace") or not meta.get("name"):
         return None
     replica = service_labels.get(labels.REPLICA)
-    return OwnedService(workload, int(replica) if replica is not None and str(replica).isdigit() else None)
+    return OwnedService(
+        ref=ObjectRef(Kind.SERVICE, meta["namespace"], meta["name"]),
+        workload=workload_ref(meta["namespace"], workload),
+        replica=int(replica) if replica is not None and str(replica).isdigit() else None,
+    )
 
 
 def compute_node(body: Mapping[str, Any]) -> ComputeNode | tuple[str, ...]:
@@ -140,8 +148,7 @@ def agent_workload(body: Mapping[str, Any]) -> AgentWorkload | InvalidWorkload:
             except ValidationError:
                 continue
         return InvalidWorkload(
-            namespace=str(meta.get("namespace") or "default"),
-            name=str(meta.get("name")),
+            ref=workload_ref(str(meta.get("namespace") or "default"), str(meta.get("name"))),
             uid=meta.get("uid"),
             generation=meta.get("generation"),
             problems=tuple(problems(error)),

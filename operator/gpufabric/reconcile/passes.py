@@ -1,25 +1,34 @@
 """One reconcile pass over the whole fleet: state in, actions out. Pure; the controller runs it, one pass at
 a time, and carries out the actions.
 
-1. Replicas on lost nodes are moved as whole replicas: ComputeNode deleted or cordoned (graceful delete),
-   Node deleted or NotReady longer than the grace period (force delete — that kubelet will not answer).
-   Inconsistent replicas are replaced; replicas missing a rank (a pass died half way) are completed.
-2. Each workload takes its next step (workloads.py): scale up, scale down, or one rolling-update step.
-3. All pending replicas of all workloads are placed in one engine pass (priority, then age), against a
-   snapshot whose allocations are the ledger's — so two workloads never get the same devices.
-4. Pods and Services are rendered for what was placed; statuses are recomputed and patched only where
-   they changed; events say what happened and why.
+The pass reads top to bottom as its steps, each a small function from what the steps before it found to a
+small frozen result (and the writes and events it asks for):
+
+1. `find_losses`: which ComputeNodes' replicas must move now (deleted or cordoned ComputeNode, Node deleted
+   or NotReady past the grace period), and when the next grace period ends.
+2. `triage`: each replica in the pod ledger is kept, moved off a lost node (its pods force-deleted), marked
+   for draining (cordoned: replaced first), replaced (inconsistent pods) or completed (missing ranks).
+3. `step_workloads`: each workload's next step (workloads.py): replicas to add, to remove, a rolling-update
+   surge.
+4. `place_pending`: every pending replica of every workload in one engine pass (priority, then age), against
+   a snapshot whose allocations are the ledger's — so two workloads never get the same devices; pods for
+   what was placed; refused surges fall back to replace-in-place; refusals are reported.
+5. `services`: the client Service of each workload and a headless Service per gang replica.
+6. `workload_statuses`: each AgentWorkload's status (patched only where it changed) and its tokens/s
+   autoscaler; then `invalid_workload_statuses` and `compute_node_statuses`.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from gpufabric.api import labels
 from gpufabric.api.agentworkload import AgentWorkload, ReplicaPlacement
+from gpufabric.api.reasons import EventReason, EventType
+from gpufabric.api.tokens import TokensPerSecond
 from gpufabric.placement import PriorThroughput, ThroughputSource, Weights, place
 from gpufabric.placement.engine import Decision
 from gpufabric.placement.requests import ReplicaRequest, WorkloadRequest
@@ -37,6 +46,7 @@ from gpufabric.reconcile.conditions import same
 from gpufabric.reconcile.ledger import LedgerReplica, fleet_snapshot, replicas_of
 from gpufabric.reconcile.state import ClusterState
 from gpufabric.reconcile.status import (
+    Holding,
     TargetReport,
     WorkloadReport,
     compute_node_status,
@@ -58,6 +68,9 @@ from gpufabric.vendors import ACCELERATORS
 
 DEFAULT_NODE_GRACE = timedelta(seconds=30)
 
+# Replicas of each workload, by workload key: the ones that stay, as the steps narrow them down.
+Live = Mapping[str, tuple[LedgerReplica, ...]]
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -76,265 +89,348 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class Changes:
+    """What a step asks for: writes, and events saying what happened and why."""
+
+    actions: tuple[Action, ...] = ()
+    events: tuple[Event, ...] = ()
+
+    def __add__(self, other: Changes) -> Changes:
+        return Changes(self.actions + other.actions, self.events + other.events)
+
+
+def reconcile(state: ClusterState, settings: Settings | None = None) -> Outcome:
+    settings = settings or Settings()
+    ledger = replicas_of(state.pods)
+    losses = find_losses(state, ledger, settings.node_grace)
+    triaged = triage(state, ledger, losses.lost)
+    stepped = step_workloads(state, triaged)
+    placed = place_pending(state, ledger, stepped, settings)
+    changes = (
+        triaged.changes
+        + stepped.changes
+        + placed.changes
+        + services(state, placed.live, placed.placements)
+        + workload_statuses(state, placed)
+        + invalid_workload_statuses(state)
+        + compute_node_statuses(state, ledger, placed.decisions)
+    )
+    return Outcome(changes.actions + changes.events, losses.wake_at, placed.decisions, placed.refused)
+
+
+# --- 1. lost nodes ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
 class Loss:
-    reason: str
     message: str
+    # the node is gone or dead: its kubelet will not stop the pods, so they are force-deleted now
     force: bool
 
 
-def lost_nodes(
-    state: ClusterState, nodes_in_use: Iterable[str], grace: timedelta
-) -> tuple[dict[str, Loss], datetime | None]:
+@dataclass(frozen=True)
+class Losses:
+    lost: Mapping[str, Loss]  # by ComputeNode name
+    wake_at: datetime | None  # the earliest end of a grace period still running
+
+
+def find_losses(state: ClusterState, ledger: Sequence[LedgerReplica], grace: timedelta) -> Losses:
     """ComputeNodes (by name) whose replicas must move now, and the earliest time another one will."""
     lost: dict[str, Loss] = {}
     wake_at: datetime | None = None
-    for name in sorted(set(nodes_in_use)):
+    for name in sorted({n for replica in ledger for n in replica.nodes}):
         compute_node = state.compute_nodes.get(name)
         if compute_node is None:
-            lost[name] = Loss("ComputeNodeDeleted", f"ComputeNode {name} was deleted", force=False)
+            lost[name] = Loss(f"ComputeNode {name} was deleted", force=False)
             continue
         if compute_node.spec.unschedulable:
-            lost[name] = Loss("Cordoned", f"ComputeNode {name} is cordoned", force=False)
+            lost[name] = Loss(f"ComputeNode {name} is cordoned", force=False)
             continue
         health = state.nodes.get(compute_node.spec.node_name)
         if health is None:
-            lost[name] = Loss("NodeDeleted", f"Node {compute_node.spec.node_name} no longer exists", force=True)
+            lost[name] = Loss(f"Node {compute_node.spec.node_name} no longer exists", force=True)
         elif not health.ready:
             since = health.since or state.now
             deadline = since + grace
             if state.now >= deadline:
                 down = int((state.now - since).total_seconds())
-                lost[name] = Loss(
-                    "NodeNotReady", f"Node {compute_node.spec.node_name} not Ready for {down}s", force=True
-                )
+                lost[name] = Loss(f"Node {compute_node.spec.node_name} not Ready for {down}s", force=True)
             elif wake_at is None or deadline < wake_at:
                 wake_at = deadline
-    return lost, wake_at
+    return Losses(lost, wake_at)
 
 
-def reconcile(state: ClusterState, settings: Settings | None = None) -> Outcome:
-    settings = settings or Settings()
-    now = state.now
-    ledger = replicas_of(state.pods)
-    lost, wake_at = lost_nodes(state, (n for r in ledger for n in r.nodes), settings.node_grace)
-    actions: list[Action] = []
-    events: list[Action] = []
-    specs = {name: node.spec for name, node in state.compute_nodes.items()}
+# --- 2. triage ------------------------------------------------------------------------------------------------
 
-    # Every index any pod uses (terminating ones included): new replicas take the lowest free ones.
-    taken: dict[str, set[int]] = defaultdict(set)
-    for replica in ledger:
-        taken[replica.workload_key].add(replica.replica)
 
-    # 1. Move replicas off lost nodes; replace inconsistent ones; complete half-created ones.
+@dataclass(frozen=True)
+class Triage:
+    live: Live
+    # every index any pod of the workload uses (terminating ones included): new replicas take the lowest free
+    taken: Mapping[str, frozenset[int]]
+    # workloads with a replica terminating or being moved: no rollout step meanwhile
+    settling: frozenset[str]
+    # replicas on cordoned or undescribed nodes, with why: replaced first, like outdated ones
+    draining: Mapping[str, Mapping[int, str]]
+    changes: Changes
+
+
+def triage(state: ClusterState, ledger: Sequence[LedgerReplica], lost: Mapping[str, Loss]) -> Triage:
     live: dict[str, list[LedgerReplica]] = defaultdict(list)
+    taken: dict[str, set[int]] = defaultdict(set)
     settling: set[str] = set()
     draining: dict[str, dict[int, str]] = defaultdict(dict)
+    actions: list[Action] = []
+    events: list[Event] = []
+    specs = {name: node.spec for name, node in state.compute_nodes.items()}
     for replica in ledger:
+        taken[replica.workload_key].add(replica.replica)
         workload = state.workloads.get(replica.workload_key)
         if workload is None:
             continue  # its workload is gone (or invalid): ownerReferences let the garbage collector act
         losses = [lost[n] for n in replica.nodes if n in lost]
+        why = "; ".join(loss.message for loss in losses)
         if any(loss.force for loss in losses):
-            # The node is gone or dead: its kubelet will not stop the pods, so force them out now.
-            actions += _delete_replica(replica, force=True, reason=losses[0].reason)
-            events.append(
-                _event(
-                    workload,
-                    "Warning",
-                    "Rescheduled",
-                    f"replica {replica.replica} moves off {', '.join(replica.nodes)}: "
-                    + "; ".join(loss.message for loss in losses),
-                )
-            )
+            actions += _delete_replica(replica, force=True)
+            moves = f"replica {replica.replica} moves off {', '.join(replica.nodes)}: {why}"
+            events.append(_event(workload, EventType.WARNING, EventReason.RESCHEDULED, moves))
             settling.add(replica.workload_key)
-            continue
-        if losses:
-            # Cordoned or no longer described, but still running: drain it like a rolling update —
-            # a replacement first, then this one goes once the replacement serves.
-            draining[replica.workload_key][replica.replica] = "; ".join(loss.message for loss in losses)
-        if not replica.consistent:
-            actions += _delete_replica(replica, force=False, reason="Inconsistent")
-            events.append(
-                _event(
-                    workload,
-                    "Warning",
-                    "Rescheduled",
-                    f"replica {replica.replica} is inconsistent (its pods disagree); replacing it",
-                )
-            )
+        elif not replica.consistent:
+            actions += _delete_replica(replica, force=False)
+            inconsistent = f"replica {replica.replica} is inconsistent (its pods disagree); replacing it"
+            events.append(_event(workload, EventType.WARNING, EventReason.RESCHEDULED, inconsistent))
             settling.add(replica.workload_key)
-            continue
-        if replica.terminating:
+        elif replica.terminating:
             settling.add(replica.workload_key)
-            continue
-        if replica.missing_ranks:
-            placement = _placement_of(replica)
-            pods = render_replica_pods(workload, placement, specs)
-            actions += [CreatePod(pods[rank]) for rank in replica.missing_ranks]
-        live[replica.workload_key].append(replica)
+        else:
+            if losses:
+                # Cordoned or no longer described, but still running: drain it like a rolling update — a
+                # replacement first, then this one goes once the replacement serves.
+                draining[replica.workload_key][replica.replica] = why
+            if replica.missing_ranks:
+                pods = render_replica_pods(workload, _placement(replica.replica, replica), specs)
+                actions += [CreatePod(pods[rank], workload.ref) for rank in replica.missing_ranks]
+            live[replica.workload_key].append(replica)
+    return Triage(
+        live={key: tuple(replicas) for key, replicas in live.items()},
+        taken={key: frozenset(indexes) for key, indexes in taken.items()},
+        settling=frozenset(settling),
+        draining=draining,
+        changes=Changes(tuple(actions), tuple(events)),
+    )
 
-    # 2. Each workload's next step.
+
+# --- 3. each workload's next step ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stepped:
+    live: Live
+    requests: tuple[ReplicaRequest, ...]
+    # (workload key, surge index) -> the outdated replica to retire if the surge cannot be placed
+    surges: Mapping[tuple[str, int], LedgerReplica]
+    changes: Changes
+
+
+def step_workloads(state: ClusterState, triaged: Triage) -> Stepped:
+    live = dict(triaged.live)
     requests: list[ReplicaRequest] = []
     surges: dict[tuple[str, int], LedgerReplica] = {}
+    actions: list[Action] = []
+    events: list[Event] = []
     for key, workload in sorted(state.workloads.items()):
-        plan = step(workload, live.get(key, []), taken[key], key in settling, set(draining.get(key, {})))
-        if plan.surge is not None and plan.fallback is not None and plan.fallback.replica in draining.get(key, {}):
-            events.append(
-                _event(
-                    workload,
-                    "Normal",
-                    "Draining",
-                    f"replacing replica {plan.fallback.replica} before it leaves "
-                    f"{', '.join(plan.fallback.nodes)}: {draining[key][plan.fallback.replica]}",
-                )
+        draining = triaged.draining.get(key, {})
+        plan = step(
+            workload, live.get(key, ()), triaged.taken.get(key, frozenset()), key in triaged.settling, set(draining)
+        )
+        if plan.surge is not None and plan.fallback is not None and plan.fallback.replica in draining:
+            replacing = (
+                f"replacing replica {plan.fallback.replica} before it leaves "
+                f"{', '.join(plan.fallback.nodes)}: {draining[plan.fallback.replica]}"
             )
+            events.append(_event(workload, EventType.NORMAL, EventReason.DRAINING, replacing))
         for replica, reason in plan.remove:
-            actions += _delete_replica(replica, force=False, reason=reason)
-            live[key].remove(replica)
-            verb = "replaced by an up-to-date one" if reason == "RollingUpdate" else "removed"
-            events.append(
-                _event(
-                    workload,
-                    "Normal",
-                    "RollingUpdate" if reason == "RollingUpdate" else "ScaledDown",
-                    f"replica {replica.replica} {verb}",
-                )
-            )
+            actions += _delete_replica(replica, force=False)
+            live[key] = tuple(r for r in live[key] if r is not replica)
+            verb = "replaced by an up-to-date one" if reason is EventReason.ROLLING_UPDATE else "removed"
+            events.append(_event(workload, EventType.NORMAL, reason, f"replica {replica.replica} {verb}"))
         request = WorkloadRequest.of(workload)
-        for index in plan.new:
-            requests.append(ReplicaRequest(request, index))
+        requests += [ReplicaRequest(request, index) for index in plan.new]
         if plan.surge is not None and plan.fallback is not None:
             surges[(key, plan.surge)] = plan.fallback
         if _scaled(workload):
-            events.append(
-                _event(
-                    workload,
-                    "Normal",
-                    "Scaled",
-                    f"scaling from {workload.status.replicas if workload.status else 0} "
-                    f"to {workload.spec.replicas} replicas",
-                )
-            )
+            before = workload.status.replicas if workload.status else 0
+            scaling = f"scaling from {before} to {workload.spec.replicas} replicas"
+            events.append(_event(workload, EventType.NORMAL, EventReason.SCALED, scaling))
+    return Stepped(live, tuple(requests), surges, Changes(tuple(actions), tuple(events)))
 
-    # 3. One placement pass for everything pending.
+
+# --- 4. placement -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Placed:
+    live: Live  # less the outdated replicas retired because their surge had no room
+    decisions: tuple[Decision, ...]
+    placements: Mapping[str, tuple[ReplicaPlacement, ...]]  # the decisions, by workload key
+    refusals: Mapping[str, str]  # workload key -> why its replicas could not be placed
+    refused: int
+    changes: Changes
+
+
+def place_pending(state: ClusterState, ledger: Sequence[LedgerReplica], stepped: Stepped, settings: Settings) -> Placed:
     snapshot = fleet_snapshot(state.compute_nodes.values(), state.nodes, ledger)
-    result = place(snapshot, requests, settings.source, settings.weights)
-    placed: dict[str, list[ReplicaPlacement]] = defaultdict(list)
+    result = place(snapshot, stepped.requests, settings.source, settings.weights)
+    specs = {name: node.spec for name, node in state.compute_nodes.items()}
+    live = dict(stepped.live)
+    placements: dict[str, list[ReplicaPlacement]] = defaultdict(list)
+    actions: list[Action] = []
+    events: list[Event] = []
     for decision in result.decisions:
         workload = state.workloads[decision.workload]
-        placement = _placement_of(decision)
-        placed[decision.workload].append(placement)
-        actions += [CreatePod(pod) for pod in render_replica_pods(workload, placement, specs)]
-        surge = " (rolling update)" if (decision.workload, decision.replica) in surges else ""
-        events.append(
-            _event(
-                workload,
-                "Normal",
-                "Placed",
-                f"replica {decision.replica}{surge} placed on {decision.vendor.value} "
-                f"{decision.accelerator} x{decision.devices_per_node} at {decision.precision.value} "
-                f"({', '.join(decision.nodes)}), {decision.tokens_per_second:,.0f} tokens/s predicted",
-            )
-        )
+        placement = _placement(decision.replica, decision)
+        placements[decision.workload].append(placement)
+        actions += [CreatePod(pod, workload.ref) for pod in render_replica_pods(workload, placement, specs)]
+        events.append(_event(workload, EventType.NORMAL, EventReason.PLACED, _placed_message(decision, stepped)))
     refusals: dict[str, str] = {}
     for refusal in result.refusals:
-        fallback = surges.get((refusal.workload, refusal.replica))
+        fallback = stepped.surges.get((refusal.workload, refusal.replica))
         workload = state.workloads[refusal.workload]
-        if fallback is not None:
-            # No room to surge: retire one outdated replica first; its replacement takes its room next pass.
-            actions += _delete_replica(fallback, force=False, reason="RollingUpdate")
-            live[refusal.workload].remove(fallback)
-            events.append(
-                _event(
-                    workload,
-                    "Normal",
-                    "RollingUpdate",
-                    f"no room for a surge replica; replacing replica {fallback.replica} in place",
-                )
-            )
+        if fallback is None:
+            refusals[refusal.workload] = refusal.reason
             continue
-        refusals[refusal.workload] = refusal.reason
+        # No room to surge: retire one outdated replica first; its replacement takes its room next pass.
+        actions += _delete_replica(fallback, force=False)
+        live[refusal.workload] = tuple(r for r in live[refusal.workload] if r is not fallback)
+        in_place = f"no room for a surge replica; replacing replica {fallback.replica} in place"
+        events.append(_event(workload, EventType.NORMAL, EventReason.ROLLING_UPDATE, in_place))
     for key, reason in refusals.items():
         workload = state.workloads[key]
         if workload.status is None or workload.status.unschedulable_reason != reason:
-            events.append(_event(workload, "Warning", "Unschedulable", reason))
+            events.append(_event(workload, EventType.WARNING, EventReason.UNSCHEDULABLE, reason))
+    return Placed(
+        live=live,
+        decisions=result.decisions,
+        placements={key: tuple(found) for key, found in placements.items()},
+        refusals=refusals,
+        refused=len(result.refusals),
+        changes=Changes(tuple(actions), tuple(events)),
+    )
 
-    # 4. Services, statuses, the tokens/s autoscaler.
+
+def _placed_message(decision: Decision, stepped: Stepped) -> str:
+    where = decision.allocation
+    surge = " (rolling update)" if (decision.workload, decision.replica) in stepped.surges else ""
+    return (
+        f"replica {decision.replica}{surge} placed on {where.vendor.value} {where.accelerator} "
+        f"x{where.devices_per_node} at {where.precision.value} ({', '.join(where.nodes)}), "
+        f"{decision.tokens_per_second:,.0f} tokens/s predicted"
+    )
+
+
+# --- 5. Services ----------------------------------------------------------------------------------------------
+
+
+def services(state: ClusterState, live: Live, placements: Mapping[str, tuple[ReplicaPlacement, ...]]) -> Changes:
+    """Each workload's client Service; a headless Service per gang replica (its ranks find rank 0 by it),
+    removed once the replica is gone."""
+    actions: list[Action] = []
+    for key, workload in sorted(state.workloads.items()):
+        namespace, ref = workload.namespace, workload.ref
+        if f"{namespace}/{client_service_name(workload.name)}" not in state.services:
+            actions.append(CreateService(render_client_service(workload), ref))
+        gangs = {r.replica for r in live.get(key, ()) if len(r.nodes) > 1}
+        gangs |= {p.replica for p in placements.get(key, ()) if len(p.nodes) > 1}
+        for replica in sorted(gangs):
+            if f"{namespace}/{replica_service_name(workload.name, replica)}" not in state.services:
+                actions.append(CreateService(render_replica_service(workload, replica), ref))
+        pods_left = {p.replica for p in state.pods if p.workload == ref}
+        for _, owned in sorted(state.services.items()):
+            if owned.workload == ref and owned.replica is not None and owned.replica not in gangs | pods_left:
+                actions.append(DeleteService(owned.ref, ref))
+    return Changes(tuple(actions))
+
+
+# --- 6. status --------------------------------------------------------------------------------------------
+
+
+def workload_statuses(state: ClusterState, placed: Placed) -> Changes:
+    """Each AgentWorkload's status as it should read now (a patch only where it differs), and the tokens/s
+    autoscaler's decision."""
+    actions: list[Action] = []
+    events: list[Event] = []
     tokens = state.tokens
     for key, workload in sorted(state.workloads.items()):
-        actions += _services(state, workload, live.get(key, []), placed.get(key, []))
-        stale = f"AgentWorkload:{key}" in state.tokens_stale
+        live = placed.live.get(key, ())
+        stale = workload.ref in state.tokens_stale
         old_tokens = {p.replica: p.tokens_per_second for p in (workload.status.placements if workload.status else [])}
         running = [
-            _placement_of(r).model_copy(
-                update={
-                    "tokens_per_second": tokens_to_write(
-                        old_tokens.get(r.replica), tokens.replicas.get((key, r.replica)) if tokens else None, stale
-                    )
-                }
+            _placement(
+                r.replica,
+                r,
+                tokens_to_write(
+                    old_tokens.get(r.replica), tokens.replicas.get((key, r.replica)) if tokens else None, stale
+                ),
             )
-            for r in live.get(key, [])
+            for r in live
         ]
-        target, scale = _autoscale(workload, tokens, refusals.get(key))
+        target, scale = _autoscale(workload, tokens, placed.refusals.get(key))
         if scale is not None:
             actions.append(scale[0])
             events.append(scale[1])
         report = WorkloadReport(
-            placements=tuple(running + placed.get(key, [])),
-            ready=sum(1 for r in live.get(key, []) if r.ready),
-            refusal=refusals.get(key),
-            unready_pods=tuple(
-                f"{p.name}: {p.unschedulable}" for r in live.get(key, []) for p in r.pods if p.unschedulable
-            ),
+            placements=(*running, *placed.placements.get(key, ())),
+            ready=sum(1 for r in live if r.ready),
+            refusal=placed.refusals.get(key),
+            unready_pods=tuple(f"{p.name}: {p.unschedulable}" for r in live for p in r.pods if p.unschedulable),
             tokens=tokens.workloads.get(key) if tokens else None,
             tokens_stale=stale,
             target=target,
         )
-        new_status = workload_status(workload, report, now)
-        patch = status_patch(workload.status, new_status)
+        patch = status_patch(workload.status, workload_status(workload, report, state.now))
         if patch:
-            actions.append(PatchStatus("AgentWorkload", workload.namespace, workload.name, patch))
+            actions.append(PatchStatus(workload.ref, patch))
+    return Changes(tuple(actions), tuple(events))
+
+
+def invalid_workload_statuses(state: ClusterState) -> Changes:
+    """AgentWorkloads the models refuse: `Placed=False InvalidSpec` with every problem, and an event."""
+    actions: list[Action] = []
+    events: list[Event] = []
     for invalid in state.invalid_workloads.values():
-        conditions = invalid_workload_conditions(invalid.conditions, invalid.problems, invalid.generation, now)
-        if not same(conditions, invalid.conditions):
-            actions.append(
-                PatchStatus(
-                    "AgentWorkload",
-                    invalid.namespace,
-                    invalid.name,
-                    {
-                        "observedGeneration": invalid.generation,
-                        "conditions": [c.wire() for c in conditions],
-                    },
-                )
-            )
-            events.append(
-                Event(
-                    "AgentWorkload",
-                    invalid.namespace,
-                    invalid.name,
-                    invalid.uid,
-                    "Warning",
-                    "InvalidSpec",
-                    conditions[0].message,
-                )
-            )
-    after = _ledger_after(ledger, result.decisions)
+        conditions = invalid_workload_conditions(invalid.conditions, invalid.problems, invalid.generation, state.now)
+        if same(conditions, invalid.conditions):
+            continue
+        status = {"observedGeneration": invalid.generation, "conditions": [c.wire() for c in conditions]}
+        actions.append(PatchStatus(invalid.ref, status))
+        events.append(
+            Event(invalid.ref, invalid.uid, EventType.WARNING, EventReason.INVALID_SPEC, conditions[0].message)
+        )
+    return Changes(tuple(actions), tuple(events))
+
+
+def compute_node_statuses(
+    state: ClusterState, ledger: Sequence[LedgerReplica], decisions: Iterable[Decision]
+) -> Changes:
+    """What each ComputeNode holds once this pass's pods exist. Deleted pods keep their devices until they
+    are gone; the pass that sees them gone frees them."""
+    holdings = [Holding(r.workload, r.allocation) for r in ledger]
+    holdings += [Holding(state.workloads[d.workload].ref, d.allocation) for d in decisions]
+    tokens = state.tokens
+    actions: list[Action] = []
     for name, node in sorted(state.compute_nodes.items()):
         node_status = compute_node_status(
             node,
             state.nodes.get(node.spec.node_name),
-            after,
-            now,
+            holdings,
+            state.now,
             tokens=tokens.nodes.get(name) if tokens else None,
-            tokens_stale=f"ComputeNode:{name}" in state.tokens_stale,
+            tokens_stale=node.ref in state.tokens_stale,
         )
         patch = status_patch(node.status, node_status)
         if patch:
-            actions.append(PatchStatus("ComputeNode", None, name, patch))
-
-    return Outcome(tuple(actions + events), wake_at, result.decisions, len(result.refusals))
+            actions.append(PatchStatus(node.ref, patch))
+    return Changes(tuple(actions))
 
 
 def _autoscale(
@@ -357,40 +453,30 @@ def _autoscale(
     if external or recommendation is None or recommendation.desired == workload.spec.replicas:
         return target, None
     demand = tokens.workloads.get(workload.key) if tokens else None
-    event = _event(
-        workload,
-        "Normal",
-        "Autoscaled",
+    no_room = f"; no room for more: {refusal}" if refusal and recommendation.desired > workload.spec.replicas else ""
+    why = (
         f"{workload.spec.replicas} -> {recommendation.desired} replicas: {recommendation.reason} "
         f"(measured {demand.generation if demand else 0:,.0f} generation tokens/s, "
-        f"target {throughput.target_tokens_per_second:,.0f})"
-        + (f"; no room for more: {refusal}" if refusal and recommendation.desired > workload.spec.replicas else ""),
+        f"target {throughput.target_tokens_per_second:,.0f}){no_room}"
     )
-    return target, (ScaleWorkload(workload.namespace, workload.name, recommendation.desired), event)
+    event = _event(workload, EventType.NORMAL, EventReason.AUTOSCALED, why)
+    return target, (ScaleWorkload(workload.ref, recommendation.desired), event)
 
 
-def _delete_replica(replica: LedgerReplica, *, force: bool, reason: str) -> list[Action]:
-    return [
-        DeletePod(pod.namespace, pod.name, force=force, reason=reason)
-        for pod in replica.pods
-        if not pod.terminating or force
-    ]
+# --- helpers ------------------------------------------------------------------------------------------------
 
 
-def _placement_of(item: LedgerReplica | Decision) -> ReplicaPlacement:
-    """Where a replica runs, as status states it, from the ledger or from a fresh decision (same fields)."""
-    return ReplicaPlacement(
-        replica=item.replica,
-        vendor=item.vendor,
-        accelerator=item.accelerator,
-        precision=item.precision,
-        devices_per_node=item.devices_per_node,
-        nodes=list(item.nodes),
-    )
+def _delete_replica(replica: LedgerReplica, *, force: bool) -> list[Action]:
+    return [DeletePod(pod.ref, replica.workload, force=force) for pod in replica.pods if not pod.terminating or force]
 
 
-def _event(workload: AgentWorkload, kind: str, reason: str, message: str) -> Event:
-    return Event("AgentWorkload", workload.namespace, workload.name, workload.metadata.uid, kind, reason, message)
+def _placement(index: int, where: LedgerReplica | Decision, tokens: TokensPerSecond | None = None) -> ReplicaPlacement:
+    """Where a replica runs, as status states it."""
+    return ReplicaPlacement.of(index, where.allocation, tokens)
+
+
+def _event(workload: AgentWorkload, kind: EventType, reason: EventReason, message: str) -> Event:
+    return Event(workload.ref, workload.metadata.uid, kind, reason, message)
 
 
 def _scaled(workload: AgentWorkload) -> bool:
@@ -402,49 +488,3 @@ def _scaled(workload: AgentWorkload) -> bool:
         and status.observed_generation != workload.metadata.generation
         and status.replicas != workload.spec.replicas
     )
-
-
-def _services(
-    state: ClusterState, workload: AgentWorkload, live: list[LedgerReplica], placed: list[ReplicaPlacement]
-) -> list[Action]:
-    actions: list[Action] = []
-    namespace = workload.namespace
-    if f"{namespace}/{client_service_name(workload.name)}" not in state.services:
-        actions.append(CreateService(render_client_service(workload)))
-    gangs = {r.replica for r in live if len(r.nodes) > 1} | {p.replica for p in placed if len(p.nodes) > 1}
-    for replica in sorted(gangs):
-        if f"{namespace}/{replica_service_name(workload.name, replica)}" not in state.services:
-            actions.append(CreateService(render_replica_service(workload, replica)))
-    # Headless Services of gang replicas that are gone (scaled down, moved to another index).
-    pods_left = {p.replica for p in state.pods if p.workload_key == workload.key}
-    for key, owned in sorted(state.services.items()):
-        if (
-            key.startswith(f"{namespace}/")
-            and owned.workload == workload.name
-            and owned.replica is not None
-            and owned.replica not in gangs
-            and owned.replica not in pods_left
-        ):
-            actions.append(DeleteService(namespace, key.split("/", 1)[1]))
-    return actions
-
-
-def _ledger_after(ledger: list[LedgerReplica], placed: Iterable[Decision]) -> list[LedgerReplica]:
-    """What nodes hold once this pass's pods exist, for ComputeNode status. Deleted pods keep their devices
-    until they are gone; the pass that sees them gone frees them."""
-    extra = [
-        LedgerReplica(
-            namespace=d.workload.split("/", 1)[0],
-            workload=d.workload.split("/", 1)[1],
-            replica=d.replica,
-            nodes=d.nodes,
-            devices_per_node=d.devices_per_node,
-            vendor=d.vendor,
-            accelerator=d.accelerator,
-            precision=d.precision,
-            template_hash="",
-            pods=(),
-        )
-        for d in placed
-    ]
-    return [*ledger, *extra]

@@ -9,8 +9,8 @@ from datetime import datetime
 from gpufabric.api.agentworkload import AgentWorkload
 from gpufabric.api.common import Condition
 from gpufabric.api.computenode import ComputeNode
+from gpufabric.api.refs import Allocation, ObjectRef
 from gpufabric.throughput.tracker import TokenReport
-from gpufabric.vendors import Precision, Vendor
 
 
 @dataclass(frozen=True)
@@ -18,17 +18,12 @@ class PodRecord:
     """One pod the operator owns, as its labels and annotations describe it. The allocation ledger is the
     set of these: rebuilt from the cluster after a restart, it is exactly what was allocated."""
 
-    namespace: str
-    name: str
-    workload: str
+    ref: ObjectRef
+    workload: ObjectRef
     replica: int
     rank: int
-    compute_node: str
-    devices: int
-    replica_nodes: tuple[str, ...]
-    vendor: Vendor
-    accelerator: str
-    precision: Precision
+    compute_node: str  # where this rank runs: its replica's allocation.nodes[rank] unless someone edited it
+    allocation: Allocation  # its whole replica's
     template_hash: str
     ready: bool = False
     terminating: bool = False
@@ -38,8 +33,8 @@ class PodRecord:
     ip: str | None = None
 
     @property
-    def workload_key(self) -> str:
-        return f"{self.namespace}/{self.workload}"
+    def name(self) -> str:
+        return self.ref.name
 
 
 @dataclass(frozen=True)
@@ -54,16 +49,16 @@ class NodeHealth:
 
 @dataclass(frozen=True)
 class OwnedService:
-    workload: str
-    replica: int | None = None
+    ref: ObjectRef
+    workload: ObjectRef
+    replica: int | None = None  # a gang replica's headless Service; None for the workload's client Service
 
 
 @dataclass(frozen=True)
 class InvalidWorkload:
     """An AgentWorkload the models refuse (the API server's schema normally stops these first)."""
 
-    namespace: str
-    name: str
+    ref: ObjectRef
     uid: str | None
     generation: int | None
     problems: tuple[str, ...]
@@ -72,7 +67,7 @@ class InvalidWorkload:
 
     @property
     def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+        return self.ref.key
 
 
 @dataclass(frozen=True)
@@ -87,6 +82,6 @@ class ClusterState:
     invalid_workloads: Mapping[str, InvalidWorkload] = field(default_factory=dict)
     # measured tokens/s and autoscaler recommendations (None until the first scrape)
     tokens: TokenReport | None = None
-    # objects ("AgentWorkload:ns/name", "ComputeNode:name") whose tokensPerSecond was last written longer ago
-    # than the minimum interval: they may be refreshed even if the value barely moved
-    tokens_stale: frozenset[str] = frozenset()
+    # objects whose tokensPerSecond was last written longer ago than the minimum interval: they may be
+    # refreshed even if the value barely moved
+    tokens_stale: frozenset[ObjectRef] = frozenset()

@@ -11,9 +11,10 @@ from typing import Any
 from gpufabric.api.agentworkload import AgentWorkload, AgentWorkloadStatus, ReplicaPlacement
 from gpufabric.api.common import Condition
 from gpufabric.api.computenode import ComputeNode, ComputeNodeStatus, NodeWorkload
+from gpufabric.api.reasons import ConditionReason, ConditionType
+from gpufabric.api.refs import Allocation, ObjectRef
 from gpufabric.api.tokens import TokensPerSecond
 from gpufabric.reconcile.conditions import Wanted, merge
-from gpufabric.reconcile.ledger import LedgerReplica
 from gpufabric.reconcile.state import NodeHealth
 from gpufabric.rendering.names import selector_string
 from gpufabric.vendors import Vendor
@@ -22,6 +23,14 @@ from gpufabric.vendors import Vendor
 # last write is older than the operator's minimum interval — never on every scrape.
 TOKENS_RELATIVE_THRESHOLD = 0.1
 TOKENS_ABSOLUTE_THRESHOLD = 1.0
+
+
+@dataclass(frozen=True)
+class Holding:
+    """Devices a workload's replica holds (from the pod ledger, or placed this pass)."""
+
+    workload: ObjectRef
+    allocation: Allocation
 
 
 @dataclass(frozen=True)
@@ -69,9 +78,9 @@ def _target_conditions(target: TargetReport, report: WorkloadReport) -> list[Wan
     if target.external_scaler:
         wanted.append(
             Wanted(
-                "Autoscaling",
+                ConditionType.AUTOSCALING,
                 False,
-                "ExternalScaler",
+                ConditionReason.EXTERNAL_SCALER,
                 "spec.replicas was changed by someone else (an HPA, KEDA, kubectl scale): the tokens/s "
                 "autoscaler stands down; remove the gpufabric.io/scaled-to annotation to hand it back",
             )
@@ -79,35 +88,42 @@ def _target_conditions(target: TargetReport, report: WorkloadReport) -> list[Wan
     else:
         wanted.append(
             Wanted(
-                "Autoscaling",
+                ConditionType.AUTOSCALING,
                 True,
-                "TokensPerSecondTarget",
+                ConditionReason.TOKENS_PER_SECOND_TARGET,
                 f"scaling between the replica bounds for {target.target:,.0f} generation tokens/s",
             )
         )
     summary = f"predicted capacity {target.capacity:,.0f} of {target.target:,.0f} generation tokens/s"
     if target.capacity >= target.target:
-        wanted.append(Wanted("ThroughputBelowTarget", False, "TargetMet", summary))
+        wanted.append(Wanted(ConditionType.THROUGHPUT_BELOW_TARGET, False, ConditionReason.TARGET_MET, summary))
     elif report.refusal is not None:
         wanted.append(
             Wanted(
-                "ThroughputBelowTarget",
+                ConditionType.THROUGHPUT_BELOW_TARGET,
                 True,
-                "InsufficientCapacity",
+                ConditionReason.INSUFFICIENT_CAPACITY,
                 f"{summary}; no capacity for more replicas: {report.refusal}",
             )
         )
     elif target.needed_for_target is not None and target.needed_for_target > target.maximum:
         wanted.append(
             Wanted(
-                "ThroughputBelowTarget",
+                ConditionType.THROUGHPUT_BELOW_TARGET,
                 True,
-                "MaxReplicasReached",
+                ConditionReason.MAX_REPLICAS_REACHED,
                 f"{summary}; the target needs {target.needed_for_target} replicas, maxReplicas is {target.maximum}",
             )
         )
     else:
-        wanted.append(Wanted("ThroughputBelowTarget", True, "Scaling", f"{summary}; replicas are being added"))
+        wanted.append(
+            Wanted(
+                ConditionType.THROUGHPUT_BELOW_TARGET,
+                True,
+                ConditionReason.SCALING,
+                f"{summary}; replicas are being added",
+            )
+        )
     return wanted
 
 
@@ -116,28 +132,43 @@ def workload_status(workload: AgentWorkload, report: WorkloadReport, now: dateti
     placed = len(report.placements)
     current = workload.status or AgentWorkloadStatus()
     if report.refusal is not None:
-        placed_condition = Wanted("Placed", False, "Unschedulable", report.refusal)
+        placed_condition = Wanted(ConditionType.PLACED, False, ConditionReason.UNSCHEDULABLE, report.refusal)
     elif placed < wanted:
         placed_condition = Wanted(
-            "Placed",
+            ConditionType.PLACED,
             False,
-            "Pending",
+            ConditionReason.PENDING,
             f"{placed}/{wanted} replicas placed; waiting for replaced or terminating replicas to free their devices",
         )
     else:
-        placed_condition = Wanted("Placed", True, "AllReplicasPlaced", f"{placed}/{wanted} replicas placed")
+        placed_condition = Wanted(
+            ConditionType.PLACED, True, ConditionReason.ALL_REPLICAS_PLACED, f"{placed}/{wanted} replicas placed"
+        )
     if wanted == 0:
-        ready_condition = Wanted("Ready", True, "ScaledToZero", "no replicas requested")
+        ready_condition = Wanted(ConditionType.READY, True, ConditionReason.SCALED_TO_ZERO, "no replicas requested")
     elif report.ready >= wanted:
-        ready_condition = Wanted("Ready", True, "AllReplicasReady", f"{report.ready}/{wanted} replicas ready")
+        ready_condition = Wanted(
+            ConditionType.READY, True, ConditionReason.ALL_REPLICAS_READY, f"{report.ready}/{wanted} replicas ready"
+        )
     else:
-        ready_condition = Wanted("Ready", False, "ReplicasNotReady", f"{report.ready}/{wanted} replicas ready")
+        ready_condition = Wanted(
+            ConditionType.READY, False, ConditionReason.REPLICAS_NOT_READY, f"{report.ready}/{wanted} replicas ready"
+        )
     if report.unready_pods:
-        degraded = Wanted("Degraded", True, "PodsUnschedulable", "; ".join(report.unready_pods))
+        degraded = Wanted(
+            ConditionType.DEGRADED, True, ConditionReason.PODS_UNSCHEDULABLE, "; ".join(report.unready_pods)
+        )
     elif 0 < report.ready < wanted:
-        degraded = Wanted("Degraded", True, "ReplicasUnavailable", f"{report.ready}/{wanted} replicas ready")
+        degraded = Wanted(
+            ConditionType.DEGRADED,
+            True,
+            ConditionReason.REPLICAS_UNAVAILABLE,
+            f"{report.ready}/{wanted} replicas ready",
+        )
     else:
-        degraded = Wanted("Degraded", False, "AsExpected", f"{report.ready}/{wanted} replicas ready")
+        degraded = Wanted(
+            ConditionType.DEGRADED, False, ConditionReason.AS_EXPECTED, f"{report.ready}/{wanted} replicas ready"
+        )
     wanted_conditions = [placed_condition, ready_condition, degraded]
     if report.target is not None:
         wanted_conditions += _target_conditions(report.target, report)
@@ -169,13 +200,15 @@ def invalid_workload_conditions(
     existing: Sequence[Condition], problems: Sequence[str], generation: int | None, now: datetime
 ) -> list[Condition]:
     message = "invalid spec: " + "; ".join(problems)
-    return merge(existing, [Wanted("Placed", False, "InvalidSpec", message)], generation, now)
+    return merge(
+        existing, [Wanted(ConditionType.PLACED, False, ConditionReason.INVALID_SPEC, message)], generation, now
+    )
 
 
 def compute_node_status(
     node: ComputeNode,
     health: NodeHealth | None,
-    replicas: Sequence[LedgerReplica],
+    holdings: Sequence[Holding],
     now: datetime,
     *,
     tokens: TokensPerSecond | None = None,
@@ -184,37 +217,48 @@ def compute_node_status(
     spec = node.spec
     allocated = 0
     per_workload: Counter[tuple[str, str]] = Counter()
-    for replica in replicas:
-        for name in replica.nodes:
+    for holding in holdings:
+        for name in holding.allocation.nodes:
             if name == node.name:
-                allocated += replica.devices_per_node
-                per_workload[(replica.namespace, replica.workload)] += replica.devices_per_node
+                allocated += holding.allocation.devices_per_node
+                per_workload[(holding.workload.namespace or "", holding.workload.name)] += (
+                    holding.allocation.devices_per_node
+                )
     if health is None:
-        ready = Wanted("Ready", False, "NodeNotFound", f"Node {spec.node_name} does not exist")
+        ready = Wanted(
+            ConditionType.READY, False, ConditionReason.NODE_NOT_FOUND, f"Node {spec.node_name} does not exist"
+        )
     elif health.ready:
-        ready = Wanted("Ready", True, "NodeReady", f"Node {spec.node_name} is Ready")
+        ready = Wanted(ConditionType.READY, True, ConditionReason.NODE_READY, f"Node {spec.node_name} is Ready")
     else:
-        ready = Wanted("Ready", False, "NodeNotReady", f"Node {spec.node_name} is not Ready")
+        ready = Wanted(
+            ConditionType.READY, False, ConditionReason.NODE_NOT_READY, f"Node {spec.node_name} is not Ready"
+        )
     advertised = health.allocatable.get(spec.device_resource_name) if health else None
     if allocated > spec.devices:
         healthy = Wanted(
-            "Healthy",
+            ConditionType.HEALTHY,
             False,
-            "Overcommitted",
+            ConditionReason.OVERCOMMITTED,
             f"{allocated} devices allocated of {spec.devices}: replicas placed before a change of spec",
         )
     elif advertised is not None and advertised < spec.devices:
         healthy = Wanted(
-            "Healthy",
+            ConditionType.HEALTHY,
             False,
-            "FewerDevicesAdvertised",
+            ConditionReason.FEWER_DEVICES_ADVERTISED,
             f"the device plugin advertises {advertised} {spec.device_resource_name}, "
             f"the ComputeNode declares {spec.devices}",
         )
     elif spec.unschedulable:
-        healthy = Wanted("Healthy", True, "Cordoned", "cordoned: no new replicas; running ones are moved away")
+        healthy = Wanted(
+            ConditionType.HEALTHY,
+            True,
+            ConditionReason.CORDONED,
+            "cordoned: no new replicas; running ones are moved away",
+        )
     else:
-        healthy = Wanted("Healthy", True, "AsDeclared", "devices and placement consistent")
+        healthy = Wanted(ConditionType.HEALTHY, True, ConditionReason.AS_DECLARED, "devices and placement consistent")
     current = node.status or ComputeNodeStatus()
     return current.model_copy(
         update={

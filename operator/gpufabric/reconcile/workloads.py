@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gpufabric.api.agentworkload import AUTO, AgentWorkload
+from gpufabric.api.reasons import EventReason
 from gpufabric.reconcile.ledger import LedgerReplica
 from gpufabric.rendering.template import template_hash
 
@@ -25,21 +26,22 @@ class WorkloadStep:
     new: tuple[int, ...]
     # the index in `new` (if any) that is a rolling-update surge
     surge: int | None
-    # replicas to remove, with why
-    remove: tuple[tuple[LedgerReplica, str], ...]
+    # replicas to remove, with why (RollingUpdate or ScaledDown)
+    remove: tuple[tuple[LedgerReplica, EventReason], ...]
     # outdated replica to remove if the surge cannot be placed
     fallback: LedgerReplica | None
 
 
 def outdated(workload: AgentWorkload, replica: LedgerReplica) -> bool:
     spec = workload.spec
-    if replica.vendor not in spec.runtimes or replica.precision not in spec.precisions:
+    where = replica.allocation
+    if where.vendor not in spec.runtimes or where.precision not in spec.precisions:
         return True
-    if len(replica.nodes) != spec.nodes_per_replica:
+    if len(where.nodes) != spec.nodes_per_replica:
         return True
-    if spec.devices_per_replica != AUTO and replica.devices_per_node * len(replica.nodes) != spec.devices_per_replica:
+    if spec.devices_per_replica not in (AUTO, where.devices):
         return True
-    return replica.template_hash != template_hash(spec, replica.vendor)
+    return replica.template_hash != template_hash(spec, where.vendor)
 
 
 def lowest_free(taken: Iterable[int], count: int) -> tuple[int, ...]:
@@ -75,7 +77,7 @@ def step(
             # A rollout step is in flight: keep one old replica serving until the new one is ready.
             excess -= 1
         order = sorted(old, key=lambda r: -r.replica) + sorted(fresh, key=lambda r: (r.ready, -r.replica))
-        reasons = [("RollingUpdate" if r in old else "ScaledDown") for r in order]
+        reasons = [EventReason.ROLLING_UPDATE if r in old else EventReason.SCALED_DOWN for r in order]
         return WorkloadStep((), None, tuple(zip(order[:excess], reasons[:excess], strict=True)), None)
 
     if len(live) < wanted:

@@ -5,7 +5,7 @@ from gpufabric.throughput.autoscale import Autoscaler, Inputs, Recommendation
 from gpufabric.throughput.capacity import CapacityRow, best_total, free_capacity
 from gpufabric.throughput.exposition import Reading, ScrapeProblem, read
 from gpufabric.throughput.learning import LearnedThroughput, size_class
-from gpufabric.throughput.tracker import ScrapeTarget, TokenReport, TokenTracker
+from gpufabric.throughput.tracker import ScrapeTarget, TokenReport, TokenTracker, TokenView
 
 __all__ = [
     "Autoscaler",
@@ -18,6 +18,7 @@ __all__ = [
     "ScrapeTarget",
     "TokenReport",
     "TokenTracker",
+    "TokenView",
     "best_total",
     "free_capacity",
     "read",

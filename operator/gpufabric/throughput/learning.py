@@ -69,6 +69,12 @@ class LearnedThroughput:
         self.entries.setdefault(key, Entry()).add(tokens_per_second / devices * parameters_billions)
         return True
 
+    def snapshot(self) -> LearnedThroughput:
+        """A copy nobody else changes: what one reconcile pass (in a worker thread) or one Prometheus scrape
+        (in the HTTP server's thread) reads while the scraper keeps learning on the event loop."""
+        entries = {key: Entry(entry.normalised, entry.samples) for key, entry in self.entries.items()}
+        return LearnedThroughput(self.prior, entries)
+
     def learned(self, accelerator: str, precision: Precision, parameters_billions: float) -> float | None:
         entry = self.entries.get((size_class(parameters_billions), accelerator, precision.value))
         if entry is None or entry.samples < MIN_SAMPLES:

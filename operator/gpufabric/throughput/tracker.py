@@ -10,13 +10,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gpufabric.api.agentworkload import AgentWorkload, ReplicaPlacement
+from gpufabric.api.refs import Allocation, ObjectRef
 from gpufabric.api.tokens import TokensPerSecond
 from gpufabric.placement.estimates import ThroughputSource, replica_tokens_per_second
 from gpufabric.throughput.autoscale import Autoscaler, Inputs, Recommendation
 from gpufabric.throughput.exposition import Reading, ScrapeProblem
 from gpufabric.throughput.learning import LearnedThroughput
 from gpufabric.throughput.rates import CounterSeries
-from gpufabric.vendors import Precision, Vendor
 
 KINDS = ("prompt", "generation")
 
@@ -25,14 +25,10 @@ KINDS = ("prompt", "generation")
 class ScrapeTarget:
     """Rank 0 of a ready replica: where its serving engine reports tokens."""
 
-    pod: str  # namespace/name
-    workload: str  # namespace/name
+    pod: ObjectRef
+    workload: ObjectRef
     replica: int
-    vendor: Vendor
-    accelerator: str
-    precision: Precision
-    devices: int
-    nodes: tuple[str, ...]
+    allocation: Allocation
     parameters_billions: float
     prompt_counter: str
     generation_counter: str
@@ -62,12 +58,23 @@ class TokenReport:
     capacity: Mapping[str, float]
 
 
+@dataclass(frozen=True)
+class TokenView:
+    """What the exporter shows of the tracker, copied on the event loop: prometheus-client collects from its
+    HTTP server's thread, which must never iterate the tracker's dictionaries while a scrape changes them."""
+
+    totals: tuple[tuple[tuple[str, str, str, str, str, str], float], ...]
+    failures: Mapping[str, int]
+    per_device: Mapping[tuple[str, str, str], float]
+    learned: LearnedThroughput  # a snapshot: see LearnedThroughput.snapshot
+
+
 @dataclass
 class TokenTracker:
     prior: ThroughputSource
     window: float = 60.0
     stabilisation: float = 300.0
-    series: dict[str, PodSeries] = field(default_factory=dict)
+    series: dict[ObjectRef, PodSeries] = field(default_factory=dict)
     # (namespace, workload, vendor, accelerator, precision, kind) -> tokens counted so far
     totals: dict[tuple[str, str, str, str, str, str], float] = field(default_factory=lambda: defaultdict(float))
     failures: Counter[str] = field(default_factory=Counter)
@@ -88,7 +95,7 @@ class TokenTracker:
             # A new pod, or the same name now describing another replica: a new series (totals keep counting).
             current = PodSeries(target, CounterSeries(self.window), CounterSeries(self.window))
             self.series[target.pod] = current
-        namespace, workload = target.workload.split("/", 1)
+        where = target.allocation
         accepted = True
         for kind, series, value in (
             ("prompt", current.prompt, outcome.prompt),
@@ -98,16 +105,23 @@ class TokenTracker:
             if grown is None:
                 accepted = False
                 continue
-            key = (namespace, workload, target.vendor.value, target.accelerator, target.precision.value, kind)
+            key = (
+                target.workload.namespace or "",
+                target.workload.name,
+                where.vendor.value,
+                where.accelerator,
+                where.precision.value,
+                kind,
+            )
             self.totals[key] += grown
         if not accepted:
             self.failures["invalid_value"] += 1
         current.waiting = outcome.waiting
         rate = current.generation.rate()
         if outcome.waiting is not None and outcome.waiting > 0 and rate > 0 and len(current.generation.samples) >= 3:
-            self.learned.observe(target.accelerator, target.precision, target.parameters_billions, target.devices, rate)
+            self.learned.observe(where.accelerator, where.precision, target.parameters_billions, where.devices, rate)
 
-    def forget_missing(self, live: Iterable[str]) -> None:
+    def forget_missing(self, live: Iterable[ObjectRef]) -> None:
         """Drop series of pods that are no longer scraped (their counted tokens stay in the totals)."""
         keep = set(live)
         for pod in [p for p in self.series if p not in keep]:
@@ -120,7 +134,7 @@ class TokenTracker:
         found = {}
         for series in self.series.values():
             target = series.target
-            found[(target.workload, target.replica)] = (
+            found[(target.workload.key, target.replica)] = (
                 target,
                 TokensPerSecond(prompt=round(series.prompt.rate(), 1), generation=round(series.generation.rate(), 1)),
                 bool(series.waiting),
@@ -135,9 +149,10 @@ class TokenTracker:
         for (workload_key, _), (target, tps, queueing) in rates.items():
             per_workload[workload_key][0] += tps.prompt
             per_workload[workload_key][1] += tps.generation
-            for node in target.nodes:  # a gang's tokens are shared evenly by its nodes
-                per_node[node][0] += tps.prompt / len(target.nodes)
-                per_node[node][1] += tps.generation / len(target.nodes)
+            nodes = target.allocation.nodes
+            for node in nodes:  # a gang's tokens are shared evenly by its nodes
+                per_node[node][0] += tps.prompt / len(nodes)
+                per_node[node][1] += tps.generation / len(nodes)
             if queueing:
                 saturated.add(workload_key)
         recommendations: dict[str, Recommendation] = {}
@@ -180,14 +195,23 @@ class TokenTracker:
         )
         return value if math.isfinite(value) else 0.0
 
+    def view(self) -> TokenView:
+        return TokenView(
+            totals=tuple(sorted(self.totals.items())),
+            failures=dict(self.failures),
+            per_device=self.per_device(),
+            learned=self.learned.snapshot(),
+        )
+
     def per_device(self) -> dict[tuple[str, str, str], float]:
         """Measured generation tokens/s per device now, by (vendor, accelerator, precision)."""
         tokens: dict[tuple[str, str, str], float] = defaultdict(float)
         devices: dict[tuple[str, str, str], int] = defaultdict(int)
         for target, tps, _ in self.rates().values():
-            key = (target.vendor.value, target.accelerator, target.precision.value)
+            where = target.allocation
+            key = (where.vendor.value, where.accelerator, where.precision.value)
             tokens[key] += tps.generation
-            devices[key] += target.devices
+            devices[key] += where.devices
         return {key: tokens[key] / devices[key] for key in tokens if devices[key]}
 
 

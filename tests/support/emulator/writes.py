@@ -41,25 +41,13 @@ def create(
         raise api_error(400, "BadRequest", "the body must be an object with an object `metadata`")
     obj = copy.deepcopy(request.data)
     obj_meta = obj.setdefault("metadata", {})
-    namespace: str | None = None
-    if info.namespaced is not False:
-        namespace = request.namespace or obj_meta.get("namespace")
-        if request.namespace and obj_meta.get("namespace") not in (None, request.namespace):
-            message = "the namespace of the provided object does not match the namespace sent on the request"
-            raise api_error(400, "BadRequest", message)
-        if info.namespaced and not namespace:
-            raise api_error(400, "BadRequest", "a namespaced resource is created under /namespaces/NAMESPACE/")
+    namespace = _namespace_of(info, request, obj_meta)
     if namespace is None:
         obj_meta.pop("namespace", None)
     else:
         obj_meta["namespace"] = namespace
     if not obj_meta.get("name"):
-        prefix = obj_meta.get("generateName")
-        if not prefix:
-            raise api_error(422, "Invalid", "metadata.name: Required value: name or generateName is required")
-        obj_meta["name"] = prefix + "".join(names.choices(GENERATE_NAME_ALPHABET, k=5))
-        while store.live(resource, namespace, obj_meta["name"]) is not None:  # the API server retries too
-            obj_meta["name"] = prefix + "".join(names.choices(GENERATE_NAME_ALPHABET, k=5))
+        obj_meta["name"] = _generated_name(store, resource, namespace, obj_meta.get("generateName"), names)
     name = obj_meta["name"]
     if store.live(resource, namespace, name) is not None:
         message = f'{group_resource(resource)} "{name}" already exists'
@@ -75,6 +63,31 @@ def create(
     elif "status" in info.subresources and is_crd:  # the custom resource strategy drops it
         obj.pop("status", None)
     return copy.deepcopy(store.commit_new(resource, namespace, obj))
+
+
+def _namespace_of(info: kmock.ResourceInfo, request: kmock.Request, obj_meta: JsonDict) -> str | None:
+    """The URL's namespace (the body may repeat it, not contradict it); None for cluster-scoped kinds."""
+    if info.namespaced is False:
+        return None
+    namespace: str | None = request.namespace or obj_meta.get("namespace")
+    if request.namespace and obj_meta.get("namespace") not in (None, request.namespace):
+        message = "the namespace of the provided object does not match the namespace sent on the request"
+        raise api_error(400, "BadRequest", message)
+    if info.namespaced and not namespace:
+        raise api_error(400, "BadRequest", "a namespaced resource is created under /namespaces/NAMESPACE/")
+    return namespace
+
+
+def _generated_name(
+    store: Store, resource: kmock.resource, namespace: str | None, prefix: str | None, names: random.Random
+) -> str:
+    """`generateName` plus five random characters, drawn again while taken (the API server retries too)."""
+    if not prefix:
+        raise api_error(422, "Invalid", "metadata.name: Required value: name or generateName is required")
+    name = prefix + "".join(names.choices(GENERATE_NAME_ALPHABET, k=5))
+    while store.live(resource, namespace, name) is not None:
+        name = prefix + "".join(names.choices(GENERATE_NAME_ALPHABET, k=5))
+    return name
 
 
 def proposed(request: kmock.Request, current: JsonDict) -> JsonDict:
@@ -104,6 +117,29 @@ def _spec_part(obj: JsonDict) -> JsonDict:
     return {key: value for key, value in obj.items() if key not in ("metadata", "status")}
 
 
+def _keep_server_owned(current: JsonDict, new: JsonDict) -> None:
+    """A write of the main resource cannot change what the server owns (uid, name, resourceVersion, …, kind),
+    nor add a finalizer to an object being deleted."""
+    old_meta = meta(current)
+    if not isinstance(new.get("metadata"), dict):
+        new["metadata"] = {}
+    for owned in OWNED_METADATA:
+        if owned in old_meta:
+            new["metadata"][owned] = old_meta[owned]
+        else:
+            new["metadata"].pop(owned, None)
+    for top in ("apiVersion", "kind"):
+        if top in current:
+            new[top] = current[top]
+    added = set(meta(new).get("finalizers") or []) - set(old_meta.get("finalizers") or [])
+    if old_meta.get("deletionTimestamp") and added:
+        message = (
+            "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, "
+            f"found new finalizers {sorted(added)}"
+        )
+        raise api_error(422, "Invalid", message)
+
+
 def update(
     store: Store,
     resource: kmock.resource,
@@ -130,23 +166,7 @@ def update(
         else:
             new.pop("status", None)
     if not status_only:
-        if not isinstance(new.get("metadata"), dict):
-            new["metadata"] = {}
-        for owned in OWNED_METADATA:
-            if owned in old_meta:
-                new["metadata"][owned] = old_meta[owned]
-            else:
-                new["metadata"].pop(owned, None)
-        for top in ("apiVersion", "kind"):
-            if top in current:
-                new[top] = current[top]
-        added = set(meta(new).get("finalizers") or []) - set(old_meta.get("finalizers") or [])
-        if old_meta.get("deletionTimestamp") and added:
-            message = (
-                "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, "
-                f"found new finalizers {sorted(added)}"
-            )
-            raise api_error(422, "Invalid", message)
+        _keep_server_owned(current, new)
     if new == current:  # a no-op write commits nothing: same resourceVersion, no event
         return copy.deepcopy(current)
     if _spec_part(new) != _spec_part(current):

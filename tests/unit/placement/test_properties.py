@@ -15,6 +15,7 @@ import re
 from collections import Counter
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -94,8 +95,8 @@ def test_no_device_is_promised_twice(fleet: list[ComputeNode], work: list[AgentW
     _, result = run(fleet, work, not_ready)
     used: Counter[str] = Counter()
     for decision in result.decisions:
-        for name in decision.nodes:
-            used[name] += decision.devices_per_node
+        for name in decision.allocation.nodes:
+            used[name] += decision.allocation.devices_per_node
     for name, devices in used.items():
         assert devices <= before.nodes[name].free, f"{name}: {devices} devices promised of {before.nodes[name].free}"
 
@@ -107,15 +108,15 @@ def test_every_decision_passes_every_filter(fleet: list[ComputeNode], work: list
     specs = {w.key: w.spec for w in work}
     for decision in result.decisions:
         spec = specs[decision.workload]
-        nodes = [snapshot.nodes[name] for name in decision.nodes]
-        assert len(nodes) == spec.nodes_per_replica == len(set(decision.nodes))
-        assert decision.vendor in spec.runtimes
-        assert decision.precision in spec.precisions
+        nodes = [snapshot.nodes[name] for name in decision.allocation.nodes]
+        assert len(nodes) == spec.nodes_per_replica == len(set(decision.allocation.nodes))
+        assert decision.allocation.vendor in spec.runtimes
+        assert decision.allocation.precision in spec.precisions
         for state in nodes:
             assert state.schedulable
-            assert state.node_class.vendor == decision.vendor
-            assert state.node_class.accelerator == decision.accelerator
-            assert decision.precision in state.node_class.precisions
+            assert state.node_class.vendor == decision.allocation.vendor
+            assert state.node_class.accelerator == decision.allocation.accelerator
+            assert decision.allocation.precision in state.node_class.precisions
             placement = spec.placement
             if placement and placement.node_selector:
                 assert placement.node_selector.matches(dict(state.labels))
@@ -127,7 +128,7 @@ def test_every_decision_passes_every_filter(fleet: list[ComputeNode], work: list
             assert len({state.node_class for state in nodes}) == 1
             assert all(state.node_class.rdma for state in nodes)
         if spec.devices_per_replica != "auto":
-            assert decision.devices == spec.devices_per_replica
+            assert decision.allocation.devices == spec.devices_per_replica
 
 
 @SETTINGS
@@ -220,3 +221,50 @@ def test_adding_capacity_never_makes_a_placeable_replica_unplaceable(
 
 def workload_with_replicas(item: AgentWorkload, replicas: int) -> AgentWorkload:
     return item.model_copy(update={"spec": item.spec.model_copy(update={"replicas": replicas})})
+
+
+def _state(snapshot: Snapshot) -> dict[str, Any]:
+    """Everything a placement reads from a snapshot, with bucket contents as sets (order is arrival)."""
+    views = {
+        key: {bucket: [sorted(slot) for slot in slots] for bucket, slots in index.buckets.items() if any(slots)}
+        for key, index in snapshot._views.items()
+    }
+    return {
+        "free": {name: node.free for name, node in snapshot.nodes.items()},
+        "replicas": {name: +node.replicas for name, node in snapshot.nodes.items()},
+        "domain_free": dict(snapshot.domain_free),
+        "domain_replicas": {domain: +counts for domain, counts in snapshot.domain_replicas.items()},
+        "views": views,
+    }
+
+
+@SETTINGS
+@given(fleets(), st.data())
+def test_allocate_then_release_restores_the_snapshot_exactly(fleet: list[ComputeNode], data: st.DataObject) -> None:
+    """`Snapshot.release` is the preemption seam: whatever was allocated, releasing it in any order leaves
+    the snapshot as it was (free devices, replica counts, domain totals, every bucket index)."""
+    snapshot = Snapshot([(n, True) for n in fleet])
+    snapshot.view("gpus", lambda n: n.node_class.vendor.value == "nvidia")  # an index kept current too
+    before = _state(snapshot)
+    allocations = []
+    for i in range(data.draw(st.integers(1, 6))):
+        name = data.draw(st.sampled_from(sorted(snapshot.nodes)))
+        if snapshot.nodes[name].free == 0:
+            continue
+        devices = data.draw(st.integers(1, snapshot.nodes[name].free))
+        workload = f"ns/w{i % 2}"
+        snapshot.allocate(workload, [name], devices)
+        allocations.append((workload, name, devices))
+    assert allocations == [] or _state(snapshot) != before
+    for workload, name, devices in data.draw(st.permutations(allocations)):
+        snapshot.release(workload, [name], devices)
+    assert _state(snapshot) == before
+
+
+def test_release_refuses_what_was_never_allocated() -> None:
+    snapshot = Snapshot([(node("h1"), True)])
+    with pytest.raises(ValueError, match="holds no replica of ns/w"):
+        snapshot.release("ns/w", ["h1"], 1)
+    snapshot.allocate("ns/w", ["h1"], 2)
+    with pytest.raises(ValueError, match="more free devices than it has"):
+        snapshot.release("ns/w", ["h1"], 9)

@@ -11,7 +11,7 @@ import random
 import pytest
 
 from gpufabric.placement import place
-from gpufabric.placement.firstfit import first_fit
+from support.firstfit import first_fit
 from support.fleet import PRIOR, random_fleet, random_workloads, requests, snapshot
 from support.optimum import optimum
 

@@ -251,7 +251,12 @@ def outcome(scenario: Scenario) -> dict[str, tuple[str, str, int, tuple[str, ...
     snapshot = Snapshot([(n, n.name not in scenario.not_ready) for n in scenario.fleet], scenario.existing)
     result = place(snapshot, requests(scenario.workloads), PRIOR)
     got: dict[str, tuple[str, str, int, tuple[str, ...]] | str] = {
-        f"{d.workload}#{d.replica}": (d.accelerator, d.precision.value, d.devices_per_node, d.nodes)
+        f"{d.workload}#{d.replica}": (
+            d.allocation.accelerator,
+            d.allocation.precision.value,
+            d.allocation.devices_per_node,
+            d.allocation.nodes,
+        )
         for d in result.decisions
     }
     got.update({f"{r.workload}#{r.replica}": r.reason for r in result.refusals})

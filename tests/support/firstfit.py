@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gpufabric.api.agentworkload import AUTO
+from gpufabric.api.refs import Allocation
 from gpufabric.placement.candidates import size_and_predict, vendor_rank
 from gpufabric.placement.engine import Decision, PlacementResult, Refusal
 from gpufabric.placement.estimates import ThroughputSource
@@ -33,7 +34,7 @@ def first_fit(
         if decision is None:
             refusals.append(Refusal(request.workload.key, request.replica, FIRST_FIT_REFUSAL))
         else:
-            snapshot.allocate(request.workload.key, decision.nodes, decision.devices_per_node)
+            snapshot.allocate(request.workload.key, decision.allocation.nodes, decision.allocation.devices_per_node)
             decisions.append(decision)
     return PlacementResult(tuple(decisions), tuple(refusals))
 
@@ -81,15 +82,7 @@ def _first(
                         * weights.vendor_preference_decay**rank
                         * weights.precision_preference_decay ** spec.precisions.index(precision)
                     )
-                    return Decision(
-                        workload=request.workload.key,
-                        replica=request.replica,
-                        vendor=vendor,
-                        accelerator=node_class.accelerator,
-                        precision=precision,
-                        devices_per_node=sizing.devices_per_node,
-                        nodes=tuple(n.name for n in group),
-                        tokens_per_second=tokens,
-                        value=value,
-                    )
+                    names = tuple(n.name for n in group)
+                    allocation = Allocation(vendor, node_class.accelerator, precision, sizing.devices_per_node, names)
+                    return Decision(request.workload.key, request.replica, allocation, tokens, value)
     return None
