@@ -15,6 +15,7 @@ from gpufabric.api.refs import Allocation, Kind, ObjectRef, workload_ref
 from gpufabric.controller.expectations import Expectations
 from gpufabric.controller.kube import WriteFailedError
 from gpufabric.controller.reconciler import LoopSettings, Reconciler
+from gpufabric.placement import PriorThroughput
 from gpufabric.reconcile import (
     Action,
     ClusterState,
@@ -27,7 +28,9 @@ from gpufabric.reconcile import (
     PodRecord,
     ScaleWorkload,
 )
-from gpufabric.vendors import Precision, Vendor
+from gpufabric.reconcile.passes import Outcome, Settings
+from gpufabric.throughput import LearnedThroughput, TokenTracker
+from gpufabric.vendors import ACCELERATORS, Precision, Vendor
 
 WORKLOAD = workload_ref("ns", "w")
 NODE = ObjectRef(Kind.COMPUTE_NODE, None, "n1")
@@ -265,3 +268,30 @@ async def test_no_pass_runs_before_the_indexes_are_complete(trigger_first: bool)
     stop.set()
     await task
     assert target.passes >= 1
+
+
+async def test_a_pass_reads_a_snapshot_of_learned_throughput_not_the_live_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pass runs in a worker thread while the scraper keeps learning on the loop: it must be handed a
+    copy nobody changes, and the exporter a view published whole."""
+    tracker = TokenTracker(prior=PriorThroughput(dict(ACCELERATORS)))
+    tracker.learned.observe("H20", Precision.BF16, 8.0, 1, 1000.0)
+    target = Reconciler(kube=FakeKube(), tokens=tracker)  # type: ignore[arg-type]
+    seen: list[Any] = []
+
+    def capture(state: ClusterState, settings: Settings) -> Outcome:
+        seen.append(settings.source)
+        tracker.learned.observe("H20", Precision.BF16, 8.0, 1, 5000.0)  # the scraper learns meanwhile
+        return Outcome((), None, (), 0)
+
+    monkeypatch.setattr("gpufabric.controller.reconciler.reconcile", capture)
+    await target.run_pass()
+    (source,) = seen
+    assert source is not tracker.learned
+    assert isinstance(source, LearnedThroughput)
+    assert source.entries[("8B", "H20", "BF16")].samples == 1, "the pass's copy did not move"
+    assert tracker.learned.entries[("8B", "H20", "BF16")].samples == 2
+    view = target.published
+    assert view.tokens is not None
+    assert view.tokens.learned.entries[("8B", "H20", "BF16")].samples == 1, "the published view did not move"
