@@ -48,8 +48,8 @@ def exposition() -> str:
     state = cluster.state()
     tokens = TokenTracker(prior=PriorThroughput(dict(ACCELERATORS)))
     for second in (0.0, 10.0, 20.0):
-        tokens.observe(target("chat-0-0", 0), Reading(100.0 * second, 200.0 * second, 0.0), second)
-        tokens.observe(target("chat-1-0", 1), Reading(50.0 * second, 100.0 * second, None), second)
+        tokens.observe(target("chat-0-0", 0), Reading.single(100.0 * second, 200.0 * second, 0.0), second)
+        tokens.observe(target("chat-1-0", 1), Reading.single(50.0 * second, 100.0 * second, None), second)
     tokens.observe(target("chat-1-0", 1), ScrapeProblem("timeout", "slow"), 21.0)
     metrics = OperatorMetrics()
     view = FleetView(state, tokens.view())

@@ -118,7 +118,34 @@ def test_workload_defaults() -> None:
     assert spec.nodes_per_replica == 1
     assert spec.precisions == [Precision.BF16, Precision.FP16]
     assert spec.model.context_length == 8192
-    assert spec.metrics_or_default.generation_tokens_counter == "vllm:generation_tokens_total"
+    (vendor,) = spec.runtimes
+    assert spec.runtimes[vendor].engine == "custom", "manifests written before engines keep their command"
+    assert spec.metrics_for(vendor).generation_tokens_counter == "vllm:generation_tokens_total"
+
+
+@pytest.mark.parametrize(
+    ("engine", "vendor", "counters"),
+    [
+        ("vllm", "ascend", ("vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:num_requests_waiting")),
+        ("sglang", "nvidia", ("sglang:prompt_tokens_total", "sglang:generation_tokens_total", "sglang:num_queue_reqs")),
+        ("mindie", "ascend", ("prompt_tokens_total", "generation_tokens_total", "num_requests_waiting")),
+    ],
+)
+def test_metric_names_come_from_the_engine_unless_overridden(
+    engine: str, vendor: str, counters: tuple[str, ...]
+) -> None:
+    spec = workload(runtimes={vendor: {"image": "i", "engine": engine}}).spec
+    resolved = spec.metrics_for(Vendor(vendor))
+    assert (resolved.prompt_tokens_counter, resolved.generation_tokens_counter, resolved.waiting_requests_gauge) == (
+        counters
+    )
+    assert (resolved.port, resolved.path) == (8000, "/metrics")
+    overridden = workload(
+        runtimes={vendor: {"image": "i", "engine": engine, "metrics": {"waitingRequestsGauge": "mine", "port": 9000}}},
+        metrics={"waitingRequestsGauge": "everywhere", "path": "/stats"},
+    ).spec.metrics_for(Vendor(vendor))
+    assert (overridden.waiting_requests_gauge, overridden.port, overridden.path) == ("mine", 9000, "/stats")
+    assert overridden.generation_tokens_counter == counters[1]
 
 
 def test_wire_round_trip_keeps_every_field() -> None:

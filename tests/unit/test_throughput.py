@@ -36,27 +36,46 @@ class TestExposition:
     def test_vllm_counters_and_queue(self) -> None:
         assert read(
             VLLM, "vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:num_requests_waiting"
-        ) == Reading(prompt=1200.0, generation=3400.0, waiting=2.0)
+        ) == Reading(
+            prompt={("vllm:prompt_tokens_total", (("model_name", "m"),)): 1200.0},
+            generation={("vllm:generation_tokens_total", (("model_name", "m"),)): 3400.0},
+            waiting=2.0,
+        )
 
-    def test_counters_are_summed_over_label_sets_and_found_without_the_suffix(self) -> None:
+    def test_counters_are_kept_per_label_set_and_found_without_the_suffix(self) -> None:
         text = (
             'sglang:prompt_tokens_total{model="a"} 10\nsglang:prompt_tokens_total{model="b"} 5\n'
             "sglang:generation_tokens_total 7\n"
         )
-        assert read(text, "sglang:prompt_tokens", "sglang:generation_tokens", None) == Reading(15.0, 7.0, None)
+        assert read(text, "sglang:prompt_tokens", "sglang:generation_tokens", None) == Reading(
+            prompt={
+                ("sglang:prompt_tokens_total", (("model", "a"),)): 10.0,
+                ("sglang:prompt_tokens_total", (("model", "b"),)): 5.0,
+            },
+            generation={("sglang:generation_tokens_total", ()): 7.0},
+            waiting=None,
+        )
+
+    def test_a_configured_gauge_the_page_lacks_is_flagged(self) -> None:
+        text = "vllm:prompt_tokens_total 1\nvllm:generation_tokens_total 2\n"
+        outcome = read(text, "vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:num_requests_waiting")
+        assert isinstance(outcome, Reading)
+        assert outcome.waiting is None
+        assert outcome.gauge_missing
 
     @pytest.mark.parametrize(
         ("text", "reason"),
         [
             ("<html>502 Bad Gateway</html>", "parse_error"),
             ('vllm:prompt_tokens_total{model_name="m"} 12\nvllm:generation_tokens_total{model_name="m', "parse_error"),
+            ("vllm:prompt_tokens_total 12\nvllm:generation_tokens_total 34", "truncated"),
             ("vllm:prompt_tokens_total 12\n", "missing_counter"),
             ("vllm:prompt_tokens_total 12\nvllm:generation_tokens_total -4\n", "invalid_value"),
             ("vllm:prompt_tokens_total NaN\nvllm:generation_tokens_total 4\n", "invalid_value"),
             ("vllm:prompt_tokens_total +Inf\nvllm:generation_tokens_total 4\n", "invalid_value"),
             ("", "missing_counter"),
         ],
-        ids=["garbage", "truncated", "missing", "negative", "nan", "infinite", "empty"],
+        ids=["garbage", "truncated", "cut-in-a-number", "missing", "negative", "nan", "infinite", "empty"],
     )
     def test_bad_pages_are_problems_not_exceptions(self, text: str, reason: str) -> None:
         outcome = read(text, "vllm:prompt_tokens_total", "vllm:generation_tokens_total", None)

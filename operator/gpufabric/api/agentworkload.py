@@ -4,6 +4,7 @@ and vendors it accepts, and the tokens/s it should deliver. Namespaced."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -35,6 +36,7 @@ from gpufabric.api.common import (
 from gpufabric.api.computenode import DomainName
 from gpufabric.api.refs import Allocation, ObjectRef, workload_ref
 from gpufabric.api.tokens import TokensPerSecond
+from gpufabric.engines import PROFILES, Engine, profile
 from gpufabric.vendors import PLUGIN_OWNED_ENV, Precision, Vendor
 
 MAX_REPLICAS = 1000
@@ -45,10 +47,6 @@ MAX_NODES_PER_REPLICA = 64
 DEFAULT_PORT = 8000
 DEFAULT_HEALTH_PATH = "/health"
 DEFAULT_METRICS_PATH = "/metrics"
-# vLLM's token counters (docs.vllm.ai/en/stable/usage/metrics.html).
-DEFAULT_PROMPT_TOKENS_COUNTER = "vllm:prompt_tokens_total"
-DEFAULT_GENERATION_TOKENS_COUNTER = "vllm:generation_tokens_total"
-DEFAULT_WAITING_REQUESTS_GAUGE = "vllm:num_requests_waiting"
 AUTO: Literal["auto"] = "auto"
 
 HttpPath = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^/[^\s]*$")]
@@ -191,6 +189,19 @@ class Architecture(WireModel):
     head_dim: Annotated[int, Field(strict=True, ge=1, le=4096)]
 
 
+_PRECISION_NAMES = tuple(p.value for p in Precision)
+CHECKPOINT_KEYS_MESSAGE = f"keys must be precisions: {', '.join(_PRECISION_NAMES)}"
+
+
+def _precision_keys(value: Any) -> Any:
+    if isinstance(value, dict) and any(key not in _PRECISION_NAMES for key in value):
+        raise PydanticCustomError("precision", CHECKPOINT_KEYS_MESSAGE)
+    return value
+
+
+ModelPath = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[^\s]+$")]
+
+
 class ModelSpec(WireModel):
     """The model served. Its size and context decide how many devices one replica needs."""
 
@@ -218,9 +229,70 @@ class ImagePullPolicy(StrEnum):
     NEVER = "Never"
 
 
+class Metrics(WireModel):
+    """Where a serving engine exposes its token counters (Prometheus text format). Unset fields come from the
+    engine's profile (its own names: vLLM's, SGLang's, MindIE's); for `custom` engines, vLLM's."""
+
+    port: Port | None = Field(default=None, description="Metrics port; the runtime's port when unset.")
+    path: HttpPath | None = None
+    prompt_tokens_counter: MetricName | None = None
+    generation_tokens_counter: MetricName | None = None
+    waiting_requests_gauge: MetricName | None = Field(
+        default=None,
+        description="Gauge of queued requests: while it is above zero the replica is saturated, and its rate "
+        "teaches the operator what the devices can do.",
+    )
+
+
+@dataclass(frozen=True)
+class ResolvedMetrics:
+    """Where and under which names one runtime's engine reports tokens, every field decided."""
+
+    port: int
+    path: str
+    prompt_tokens_counter: str
+    generation_tokens_counter: str
+    waiting_requests_gauge: str
+
+
+def _vendors_of(engine: Engine) -> tuple[str, ...]:
+    return tuple(sorted(v.value for v in PROFILES[engine].vendors))
+
+
+def runtime_fits(vendor: Vendor, runtime: Runtime) -> bool:
+    """The runtime's engine runs on `vendor` (sglang only on nvidia, mindie only on ascend)."""
+    return vendor in profile(runtime.engine).vendors
+
+
+def _owned_flags_rule(engine: Engine) -> Rule:
+    flags = profile(engine).owned_flags
+
+    def holds(runtime: Runtime) -> bool:
+        return runtime.engine != engine or not profile(engine).owned_in(runtime.args)
+
+    # Exact matches and `--flag=` prefixes: a regex over every argument would exceed the API server's CEL cost
+    # budget for a list of 256 strings of 4096 characters (measured on kube-apiserver 1.36: 8.9x).
+    prefixes = " || ".join(f"a.startsWith('{flag}=')" for flag in flags)
+    return Rule(
+        cel=f"self.engine != '{engine.value}' || !has(self.args) || "
+        f"!self.args.exists(a, a in {cel_list(flags)} || {prefixes})",
+        holds=holds,
+        message=f"args must not set what the operator decides for engine {engine.value} from its placement "
+        f"({', '.join(flags)}); use engine: custom to run your own command line",
+        field_path=".args",
+    )
+
+
 class Runtime(WireModel):
     """How to run the serving engine on one vendor's devices (vLLM, SGLang, MindIE, vLLM-MUSA…)."""
 
+    engine: Engine = Field(
+        default=Engine.CUSTOM,
+        description="vllm, sglang or mindie: the operator renders the engine's command line from its placement "
+        "(model or its checkpoint, tensor/pipeline parallelism, nodes, precision, context); `args` are appended. "
+        "custom (the default, so manifests written before engines keep their meaning): `command` and `args` run "
+        "as written, with the placement in GPUFABRIC_* environment variables.",
+    )
     image: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[^\s]+$")]
     image_pull_policy: ImagePullPolicy | None = None
     command: Annotated[list[Annotated[str, StringConstraints(max_length=4096)]], Field(max_length=64)] = Field(
@@ -236,8 +308,42 @@ class Runtime(WireModel):
     port: Port = Field(default=DEFAULT_PORT, description="Port the server listens on (API and, by default, metrics).")
     health_path: HttpPath = Field(default=DEFAULT_HEALTH_PATH, description="HTTP path of the readiness probe.")
     resources: ResourceRequirements | None = None
+    metrics: Metrics | None = Field(
+        default=None, description="Overrides of the engine's metric names for this runtime (over spec.metrics)."
+    )
+    checkpoints: Annotated[
+        dict[Precision, ModelPath], BeforeValidator(_precision_keys), Field(max_length=len(Precision))
+    ] = Field(
+        default_factory=dict,
+        description="Weights this runtime loads per precision instead of spec.model.name: quantized checkpoints, "
+        "e.g. {INT8: a W8A8 conversion for this vendor's engine}. Precisions an engine serves only from such "
+        "weights are never chosen without one.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": f"self.all(k, k in {cel_list(_PRECISION_NAMES)})", "message": CHECKPOINT_KEYS_MESSAGE}
+            ]
+        },
+    )
+
+    def weights_for(self, model: ModelSpec, precision: Precision) -> str:
+        """What to load at `precision`: this runtime's checkpoint for it, else the model itself."""
+        return self.checkpoints.get(precision, model.name)
 
     crd_rules = (
+        Rule(
+            cel="self.engine == 'custom' || !has(self.command) || size(self.command) == 0",
+            holds=lambda s: s.engine == Engine.CUSTOM or not s.command,
+            message="command is rendered by the operator for engines vllm, sglang and mindie; use engine: custom "
+            "to run your own",
+            field_path=".command",
+        ),
+        *(_owned_flags_rule(engine) for engine in (Engine.VLLM, Engine.SGLANG)),
+        Rule(
+            cel="self.engine != 'mindie' || !has(self.args) || size(self.args) == 0",
+            holds=lambda s: s.engine != Engine.MINDIE or not s.args,
+            message="args are not passed to mindie: it reads the config.json the operator renders",
+            field_path=".args",
+        ),
         Rule(
             cel=f"!has(self.env) || self.env.all(e, !(e.name in {cel_list(PLUGIN_OWNED_ENV)}))",
             holds=lambda s: not any(e.name in PLUGIN_OWNED_ENV for e in s.env),
@@ -296,24 +402,6 @@ class Throughput(WireModel):
     )
 
 
-class Metrics(WireModel):
-    """Where each replica's serving engine exposes its token counters (Prometheus text format)."""
-
-    port: Port | None = Field(default=None, description="Metrics port; the runtime's port when unset.")
-    path: HttpPath = DEFAULT_METRICS_PATH
-    prompt_tokens_counter: MetricName = DEFAULT_PROMPT_TOKENS_COUNTER
-    generation_tokens_counter: MetricName = DEFAULT_GENERATION_TOKENS_COUNTER
-    waiting_requests_gauge: MetricName | None = Field(
-        default=DEFAULT_WAITING_REQUESTS_GAUGE,
-        description="Gauge of queued requests: while it is above zero the replica is saturated, and its rate "
-        "teaches the operator what the devices can do (SGLang: sglang:num_queue_reqs).",
-    )
-
-    def port_for(self, runtime: Runtime) -> int:
-        """Where the counters are served: this port, else the runtime's serving port."""
-        return self.port or runtime.port
-
-
 class AgentWorkloadSpec(WireModel):
     """What the platform team asks for: a model served by `replicas` replicas on any vendor it has a runtime
     for, at the first precision the chosen accelerator supports."""
@@ -362,6 +450,18 @@ class AgentWorkloadSpec(WireModel):
             field_path=".vendorPreference",
         ),
         Rule(
+            cel="self.runtimes.all(v, "
+            + " && ".join(
+                f"(self.runtimes[v].engine != '{e.value}' || v in {cel_list(_vendors_of(e))})"
+                for e in (Engine.SGLANG, Engine.MINDIE)
+            )
+            + ")",
+            holds=lambda s: all(runtime_fits(vendor, runtime) for vendor, runtime in s.runtimes.items()),
+            message="an engine may only be the runtime of a vendor it runs on: sglang on nvidia, mindie on ascend "
+            "(vllm and custom on any)",
+            field_path=".runtimes",
+        ),
+        Rule(
             cel="type(self.devicesPerReplica) == string || self.devicesPerReplica % self.nodesPerReplica == 0",
             holds=lambda s: s.devices_per_replica == AUTO or s.devices_per_replica % s.nodes_per_replica == 0,
             message="devicesPerReplica must be a multiple of nodesPerReplica",
@@ -376,9 +476,23 @@ class AgentWorkloadSpec(WireModel):
         rest = [v for v in Vendor if v in self.runtimes and v not in preferred]
         return (*preferred, *rest)
 
-    @property
-    def metrics_or_default(self) -> Metrics:
-        return self.metrics or Metrics()
+    def metrics_for(self, vendor: Vendor) -> ResolvedMetrics:
+        """Where the runtime for `vendor` reports tokens: its own overrides, then spec.metrics, then its
+        engine's names."""
+        runtime = self.runtimes[vendor]
+        names = profile(runtime.engine).metrics
+        layers = [m for m in (runtime.metrics, self.metrics) if m is not None]
+
+        def pick(field: str, default: Any) -> Any:
+            return next((getattr(m, field) for m in layers if getattr(m, field) is not None), default)
+
+        return ResolvedMetrics(
+            port=pick("port", runtime.port),
+            path=pick("path", names.path),
+            prompt_tokens_counter=pick("prompt_tokens_counter", names.prompt_counter),
+            generation_tokens_counter=pick("generation_tokens_counter", names.generation_counter),
+            waiting_requests_gauge=pick("waiting_requests_gauge", names.waiting_gauge),
+        )
 
 
 # --- status --------------------------------------------------------------------------------------

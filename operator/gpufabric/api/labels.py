@@ -23,6 +23,8 @@ VENDOR = f"{API_GROUP}/vendor"
 ACCELERATOR = f"{API_GROUP}/accelerator"
 PRECISION = f"{API_GROUP}/precision"
 TEMPLATE_HASH = f"{API_GROUP}/template-hash"
+ENGINE = f"{API_GROUP}/engine"
+ENGINE_CONFIG = f"{API_GROUP}/engine-config"  # the ConfigMap a pod mounts its engine's files from
 
 # Set by the tokens/s autoscaler together with spec.replicas: a different spec.replicas means someone else
 # (an HPA, KEDA, kubectl scale) now owns the count, and the autoscaler stands down.

@@ -34,6 +34,7 @@ class ConditionReason(StrEnum):
     SCALED_TO_ZERO = "ScaledToZero"
     # Degraded
     PODS_UNSCHEDULABLE = "PodsUnschedulable"
+    ARGS_CONFLICT = "ArgsConflict"
     REPLICAS_UNAVAILABLE = "ReplicasUnavailable"
     AS_EXPECTED = "AsExpected"
     # ThroughputBelowTarget
@@ -70,6 +71,7 @@ class EventReason(StrEnum):
     SCALED = "Scaled"
     AUTOSCALED = "Autoscaled"
     INVALID_SPEC = "InvalidSpec"
+    GANG_RESTARTED = "GangRestarted"
     # the API server refused a write as invalid (422)
     CREATE_FAILED = "CreateFailed"
     UPDATE_FAILED = "UpdateFailed"
@@ -99,8 +101,13 @@ CONDITIONS: tuple[tuple[str, ConditionType, str, tuple[ConditionReason, ...]], .
     (
         "AgentWorkload",
         ConditionType.DEGRADED,
-        "some replicas do not serve, or kube-scheduler refuses pods",
-        (ConditionReason.PODS_UNSCHEDULABLE, ConditionReason.REPLICAS_UNAVAILABLE, ConditionReason.AS_EXPECTED),
+        "some replicas do not serve, kube-scheduler refuses pods, or a custom command line contradicts the placement",
+        (
+            ConditionReason.PODS_UNSCHEDULABLE,
+            ConditionReason.ARGS_CONFLICT,
+            ConditionReason.REPLICAS_UNAVAILABLE,
+            ConditionReason.AS_EXPECTED,
+        ),
     ),
     (
         "AgentWorkload",

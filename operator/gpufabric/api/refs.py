@@ -17,6 +17,7 @@ from gpufabric.vendors import Precision, Vendor
 class Kind(StrEnum):
     POD = "Pod"
     SERVICE = "Service"
+    CONFIG_MAP = "ConfigMap"
     AGENT_WORKLOAD = "AgentWorkload"
     COMPUTE_NODE = "ComputeNode"
 

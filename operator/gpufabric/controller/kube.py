@@ -154,6 +154,42 @@ class Kube:
             ok=frozenset({404}),
         )
 
+    async def apply_config_map(self, manifest: dict[str, Any]) -> None:
+        """Replace the ConfigMap's data, creating the ConfigMap (as given) the first time."""
+        namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        try:
+            await self._call(
+                f"save ConfigMap {namespace}/{name}",
+                "patch",
+                "configmaps",
+                partial(
+                    self.core.patch_namespaced_config_map,
+                    name,
+                    namespace,
+                    cast(Any, {"data": manifest["data"]}),
+                    **WRITE,
+                ),
+            )
+        except WriteFailedError as error:
+            if error.status != 404:
+                raise
+            await self._call(
+                f"create ConfigMap {namespace}/{name}",
+                "create",
+                "configmaps",
+                partial(self.core.create_namespaced_config_map, namespace, cast(Any, manifest), **WRITE),
+                exists_ok=True,
+            )
+
+    async def delete_config_map(self, namespace: str, name: str) -> None:
+        await self._call(
+            f"delete ConfigMap {namespace}/{name}",
+            "delete",
+            "configmaps",
+            partial(self.core.delete_namespaced_config_map, name, namespace, **WRITE),
+            ok=frozenset({404}),
+        )
+
     # --- our kinds -------------------------------------------------------------------------------------
 
     async def patch_status(self, target: ObjectRef, status: dict[str, Any]) -> None:
@@ -239,30 +275,6 @@ class Kube:
                 return None
             raise WriteFailedError(f"read ConfigMap {namespace}/{name}", error.status, _reason(error)) from None
         return dict(found.data or {})
-
-    async def save_config_map(self, namespace: str, name: str, data: dict[str, str]) -> None:
-        """Replace the ConfigMap's data, creating the ConfigMap the first time."""
-        try:
-            await self._call(
-                f"save ConfigMap {namespace}/{name}",
-                "patch",
-                "configmaps",
-                partial(self.core.patch_namespaced_config_map, name, namespace, cast(Any, {"data": data}), **WRITE),
-            )
-        except WriteFailedError as error:
-            if error.status != 404:
-                raise
-            body = {
-                "metadata": {"name": name, "namespace": namespace, "labels": {labels.MANAGED_BY: labels.MANAGER}},
-                "data": data,
-            }
-            await self._call(
-                f"create ConfigMap {namespace}/{name}",
-                "create",
-                "configmaps",
-                partial(self.core.create_namespaced_config_map, namespace, cast(Any, body), **WRITE),
-                exists_ok=True,
-            )
 
     # --- events ----------------------------------------------------------------------------------------
 

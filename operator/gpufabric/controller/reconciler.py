@@ -29,9 +29,11 @@ from gpufabric.controller.leader import Leadership
 from gpufabric.exporter import FleetView, OperatorMetrics
 from gpufabric.reconcile import (
     Action,
+    ApplyConfigMap,
     ClusterState,
     CreatePod,
     CreateService,
+    DeleteConfigMap,
     DeletePod,
     DeleteService,
     Event,
@@ -102,6 +104,7 @@ class Reconciler:
         self._sent_status: dict[ObjectRef, tuple[Any, Any]] = {}
         self._recent_events: dict[tuple[ObjectRef, EventReason, str], float] = {}
         self._tokens_written: dict[ObjectRef, float] = {}
+        self._applied_config_maps: dict[ObjectRef, dict[str, str]] = {}
         self.last_outcome: Outcome | None = None
         self.last_state: ClusterState | None = None
         # what the exporter shows (read from prometheus-client's thread): replaced whole, never changed
@@ -238,6 +241,8 @@ class Reconciler:
                 return Batch.CREATES, partial(self.kube.create_pod, manifest), done
             case CreateService(manifest=manifest):
                 return Batch.CREATES, partial(self.kube.create_service, manifest), _nothing
+            case ApplyConfigMap() | DeleteConfigMap():
+                return self._plan_config_map(action)
             case ScaleWorkload(target=workload, replicas=replicas):
                 write = partial(self.kube.scale_workload, workload.namespace or "", workload.name, replicas)
                 return Batch.CREATES, write, _nothing
@@ -254,6 +259,26 @@ class Reconciler:
                 log.log(level, "%s: %s: %s", action.about, action.reason.value, action.message)
                 write = partial(self.kube.event, action.about, action.uid, action.type, action.reason, action.message)
                 return Batch.EVENTS, write, _nothing
+
+    def _plan_config_map(
+        self, action: ApplyConfigMap | DeleteConfigMap
+    ) -> tuple[Batch, Callable[[], Awaitable[None]], Callable[[], None]] | None:
+        if isinstance(action, DeleteConfigMap):
+            write = partial(self.kube.delete_config_map, action.target.namespace or "", action.target.name)
+            return Batch.DELETES, write, partial(self._remember_config_map, action.target, None)
+        # Once per content per operator run: a restarted operator re-applies each once (a patch with the same
+        # data), and a replica index reused by a replica with other settings gets its new data.
+        data = action.manifest["data"]
+        if self._applied_config_maps.get(action.target) == data:
+            return None
+        done = partial(self._remember_config_map, action.target, data)
+        return Batch.CREATES, partial(self.kube.apply_config_map, action.manifest), done
+
+    def _remember_config_map(self, target: ObjectRef, data: dict[str, str] | None) -> None:
+        if data is None:
+            self._applied_config_maps.pop(target, None)
+        else:
+            self._applied_config_maps[target] = data
 
     async def _guarded(
         self,
@@ -330,6 +355,8 @@ class Reconciler:
 REFUSED_REASONS = {
     CreatePod.verb: EventReason.CREATE_FAILED,
     CreateService.verb: EventReason.CREATE_FAILED,
+    ApplyConfigMap.verb: EventReason.CREATE_FAILED,
+    DeleteConfigMap.verb: EventReason.DELETE_FAILED,
     DeletePod.verb: EventReason.DELETE_FAILED,
     DeleteService.verb: EventReason.DELETE_FAILED,
     PatchStatus.verb: EventReason.UPDATE_FAILED,

@@ -13,13 +13,15 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from gpufabric.api.refs import ObjectRef
 from gpufabric.controller.reconciler import Reconciler
 from gpufabric.reconcile.ledger import replicas_of
 from gpufabric.throughput import Reading, ScrapeProblem, ScrapeTarget, TokenTracker, read
-from gpufabric.throughput.exposition import HTTP_ERROR, TIMEOUT, UNREACHABLE
+from gpufabric.throughput.exposition import ACCEPT, HTTP_ERROR, TIMEOUT, TOO_LARGE, TRUNCATED, UNREACHABLE
 
 log = logging.getLogger(__name__)
-# Large enough for any engine's /metrics page; a bigger answer is not a metrics page.
+# Large enough for any engine's /metrics page (one vLLM V1 engine's is about 44 KiB, four data-parallel
+# engines' about 165 KiB); a bigger answer is not a metrics page.
 MAX_BODY_BYTES = 8 * 2**20
 
 
@@ -32,6 +34,7 @@ class ScrapeSettings:
     interval: float = 15.0
     timeout: float = 5.0
     concurrency: int = 32
+    max_body_bytes: int = MAX_BODY_BYTES
 
 
 class Scraper:
@@ -48,6 +51,7 @@ class Scraper:
         # Tests map pods to local servers through this; in a cluster it is the pod IP.
         self.url_for = url_for
         self.rounds = 0
+        self._warned_gauge: set[ObjectRef] = set()
 
     def targets(self) -> list[ScrapeTarget]:
         """Rank 0 of every ready replica of every valid workload."""
@@ -63,7 +67,7 @@ class Scraper:
             runtime = workload.spec.runtimes.get(replica.allocation.vendor)
             if runtime is None:
                 continue
-            metrics = workload.spec.metrics_or_default
+            metrics = workload.spec.metrics_for(replica.allocation.vendor)
             found.append(
                 ScrapeTarget(
                     pod=leader.ref,
@@ -75,7 +79,7 @@ class Scraper:
                     generation_counter=metrics.generation_tokens_counter,
                     waiting_gauge=metrics.waiting_requests_gauge,
                     pod_ip=leader.ip,
-                    port=metrics.port_for(runtime),
+                    port=metrics.port,
                     path=metrics.path,
                 )
             )
@@ -116,15 +120,45 @@ class Scraper:
     async def fetch(self, session: aiohttp.ClientSession, target: ScrapeTarget) -> Reading | ScrapeProblem:
         url = self.url_for(target)
         try:
-            async with session.get(url) as response:
+            async with session.get(url, headers={"Accept": ACCEPT}) as response:
                 if response.status != 200:
                     return ScrapeProblem(HTTP_ERROR, f"HTTP {response.status}")
-                body = await response.content.read(MAX_BODY_BYTES + 1)
+                body = await read_capped(response, self.settings.max_body_bytes)
         except TimeoutError:
             return ScrapeProblem(TIMEOUT, f"no answer within {self.settings.timeout}s")
+        except aiohttp.ClientPayloadError as error:  # the connection closed before Content-Length bytes
+            return ScrapeProblem(TRUNCATED, str(error)[:200])
         except (aiohttp.ClientError, OSError) as error:
             return ScrapeProblem(UNREACHABLE, str(error)[:200])
-        if len(body) > MAX_BODY_BYTES:
-            return ScrapeProblem(HTTP_ERROR, "answer too large for a metrics page")
-        text = body.decode("utf-8", errors="replace")
-        return read(text, target.prompt_counter, target.generation_counter, target.waiting_gauge)
+        if body is None:
+            return ScrapeProblem(TOO_LARGE, f"more than {self.settings.max_body_bytes} bytes")
+        outcome = read(
+            body.decode("utf-8", errors="replace"),
+            target.prompt_counter,
+            target.generation_counter,
+            target.waiting_gauge,
+        )
+        if isinstance(outcome, Reading) and outcome.gauge_missing and target.workload not in self._warned_gauge:
+            # Said once per workload: without the gauge its replicas never look saturated, so nothing is learned.
+            self._warned_gauge.add(target.workload)
+            log.warning(
+                "%s: %s does not expose %s: its replicas never count as saturated, so no throughput is learned",
+                target.workload,
+                url,
+                target.waiting_gauge,
+            )
+        return outcome
+
+
+async def read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes | None:
+    """The whole body, or None as soon as it is larger than `cap` (a metrics page is never that big).
+    `response.content.read(n)` would return whatever happens to be buffered, not the body."""
+    declared = response.content_length
+    if declared is not None and declared > cap:
+        return None
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > cap:
+            return None
+    return bytes(body)

@@ -8,6 +8,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+from gpufabric.api import labels
 from gpufabric.controller.kube import Kube, WriteFailedError
 from gpufabric.controller.leader import Leadership
 from gpufabric.throughput import LearnedThroughput
@@ -35,7 +36,15 @@ class LearnedStore:
                 log.warning("learned throughput: %s", problem)
 
     async def save(self) -> None:
-        await self.kube.save_config_map(self.namespace, CONFIG_MAP, {KEY: self.learned.dump()})
+        manifest = {
+            "metadata": {
+                "name": CONFIG_MAP,
+                "namespace": self.namespace,
+                "labels": {labels.MANAGED_BY: labels.MANAGER},
+            },
+            "data": {KEY: self.learned.dump()},
+        }
+        await self.kube.apply_config_map(manifest)
 
     async def run(self, stop: asyncio.Event, leadership: Leadership) -> None:
         saved = self.learned.dump()

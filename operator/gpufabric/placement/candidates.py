@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gpufabric.api.agentworkload import AUTO, AgentWorkloadSpec, ModelSpec
+from gpufabric.engines import profile
 from gpufabric.placement.estimates import ThroughputSource, replica_tokens_per_second
 from gpufabric.placement.sizing import Sizing, size_replica
 from gpufabric.placement.snapshot import NodeClass
@@ -38,8 +39,22 @@ def vendor_rank(spec: AgentWorkloadSpec, vendor: Vendor) -> int | None:
 
 
 def accepted_precisions(spec: AgentWorkloadSpec, node_class: NodeClass) -> list[tuple[int, Precision]]:
-    """(preference rank, precision) the workload accepts and the class supports, most preferred first."""
-    return [(rank, p) for rank, p in enumerate(spec.precisions) if p in node_class.precisions]
+    """(preference rank, precision) the workload accepts, the class supports and the workload's engine on
+    the class's vendor can serve (from the weights it has), most preferred first."""
+    return [
+        (rank, p)
+        for rank, p in enumerate(spec.precisions)
+        if p in node_class.precisions and engine_refusal(spec, node_class.vendor, p) is None
+    ]
+
+
+def engine_refusal(spec: AgentWorkloadSpec, vendor: Vendor, precision: Precision) -> str | None:
+    """Why the workload's engine on `vendor` cannot serve it at `precision` (None: it can)."""
+    runtime = spec.runtimes.get(vendor)
+    if runtime is None:
+        return None
+    has_checkpoint = precision in runtime.checkpoints
+    return profile(runtime.engine).why_not(vendor, precision, has_checkpoint, spec.nodes_per_replica)
 
 
 def size_and_predict(

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 
 from gpufabric.api.agentworkload import AUTO, AgentWorkloadSpec
-from gpufabric.placement.candidates import Candidate, accepted_precisions, vendor_rank
+from gpufabric.placement.candidates import Candidate, accepted_precisions, engine_refusal, vendor_rank
 from gpufabric.placement.sizing import smallest_fit_devices
 from gpufabric.placement.snapshot import NodeState, Snapshot
 
@@ -80,6 +80,11 @@ def _first_failure(
         return f"no runtime for vendor {node_class.vendor.value}"
     accepted = accepted_precisions(spec, node_class)
     if not accepted:
+        native = [p for p in spec.precisions if p in node_class.precisions]
+        if native:
+            # The accelerator could, but the engine cannot (no quantized checkpoint, not across nodes, …).
+            refusal = engine_refusal(spec, node_class.vendor, native[0])
+            return refusal or f"precision {native[0].value} unsupported"
         wanted = [p.value for p in spec.precisions]
         return f"precision{'s' if len(wanted) > 1 else ''} {', '.join(wanted)} unsupported"
     if spec.nodes_per_replica > 1 and node.domain is None:

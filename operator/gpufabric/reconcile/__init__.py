@@ -3,8 +3,10 @@ status — from plain cluster state to a list of actions the controller carries 
 
 from gpufabric.reconcile.actions import (
     Action,
+    ApplyConfigMap,
     CreatePod,
     CreateService,
+    DeleteConfigMap,
     DeletePod,
     DeleteService,
     Event,
@@ -16,9 +18,11 @@ from gpufabric.reconcile.state import ClusterState, InvalidWorkload, NodeHealth,
 
 __all__ = [
     "Action",
+    "ApplyConfigMap",
     "ClusterState",
     "CreatePod",
     "CreateService",
+    "DeleteConfigMap",
     "DeletePod",
     "DeleteService",
     "Event",

@@ -57,6 +57,27 @@ class DeleteService:
 
 
 @dataclass(frozen=True)
+class ApplyConfigMap:
+    """Create a ConfigMap of a replica's engine files, or replace its data if it exists (a replica index can
+    be reused by a replica with other settings)."""
+
+    verb: ClassVar[str] = "apply-config-map"
+    manifest: dict[str, Any]
+    about: ObjectRef
+
+    @property
+    def target(self) -> ObjectRef:
+        return _manifest_ref(Kind.CONFIG_MAP, self.manifest)
+
+
+@dataclass(frozen=True)
+class DeleteConfigMap:
+    verb: ClassVar[str] = "delete-config-map"
+    target: ObjectRef
+    about: ObjectRef
+
+
+@dataclass(frozen=True)
 class PatchStatus:
     """A merge patch of an AgentWorkload's or ComputeNode's status subresource."""
 
@@ -94,8 +115,17 @@ class Event:
     message: str
 
 
-Action = CreatePod | DeletePod | CreateService | DeleteService | PatchStatus | ScaleWorkload | Event
-Write = CreatePod | DeletePod | CreateService | DeleteService | PatchStatus | ScaleWorkload
+Action = (
+    CreatePod
+    | DeletePod
+    | CreateService
+    | DeleteService
+    | ApplyConfigMap
+    | DeleteConfigMap
+    | PatchStatus
+    | ScaleWorkload
+    | Event
+)
 
 # What a failed action's backoff is keyed on: the write and its object; for Events, the object and the reason
 # (a refused Event is not retried once per message).

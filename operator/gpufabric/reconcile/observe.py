@@ -54,6 +54,9 @@ def pod_record(body: Mapping[str, Any]) -> PodRecord:
             terminating=bool(meta.get("deletionTimestamp")),
             unschedulable=_unschedulable(body),
             ip=(body.get("status") or {}).get("podIP"),
+            engine_config=notes.get(labels.ENGINE_CONFIG),
+            restarts=sum(int(c.get("restartCount") or 0) for c in _container_statuses(body)),
+            failed=(body.get("status") or {}).get("phase") == "Failed",
         )
     except (KeyError, ValueError, TypeError) as error:
         raise NotOurs(
@@ -62,6 +65,10 @@ def pod_record(body: Mapping[str, Any]) -> PodRecord:
     if not replica_nodes or record.allocation.devices_per_node < 1 or record.rank < 0 or record.replica < 0:
         raise NotOurs(f"pod {record.ref.key}: allocation record out of range")
     return record
+
+
+def _container_statuses(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return list((body.get("status") or {}).get("containerStatuses") or [])
 
 
 def _conditions(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:

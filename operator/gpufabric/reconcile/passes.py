@@ -28,14 +28,18 @@ from datetime import datetime, timedelta
 from gpufabric.api import labels
 from gpufabric.api.agentworkload import AgentWorkload, ReplicaPlacement
 from gpufabric.api.reasons import EventReason, EventType
+from gpufabric.api.refs import Kind, ObjectRef
 from gpufabric.api.tokens import TokensPerSecond
+from gpufabric.engines import Engine, custom_conflicts
 from gpufabric.placement import PriorThroughput, ThroughputSource, Weights, place
 from gpufabric.placement.engine import Decision
 from gpufabric.placement.requests import ReplicaRequest, WorkloadRequest
 from gpufabric.reconcile.actions import (
     Action,
+    ApplyConfigMap,
     CreatePod,
     CreateService,
+    DeleteConfigMap,
     DeletePod,
     DeleteService,
     Event,
@@ -59,6 +63,7 @@ from gpufabric.reconcile.workloads import step
 from gpufabric.rendering import (
     client_service_name,
     render_client_service,
+    render_engine_config,
     render_replica_pods,
     render_replica_service,
     replica_service_name,
@@ -111,6 +116,7 @@ def reconcile(state: ClusterState, settings: Settings | None = None) -> Outcome:
         + stepped.changes
         + placed.changes
         + services(state, placed.live, placed.placements)
+        + engine_configs(state, placed.live, placed.placements)
         + workload_statuses(state, placed)
         + invalid_workload_statuses(state)
         + compute_node_statuses(state, ledger, placed.decisions)
@@ -190,10 +196,17 @@ def triage(state: ClusterState, ledger: Sequence[LedgerReplica], lost: Mapping[s
             continue  # its workload is gone (or invalid): ownerReferences let the garbage collector act
         losses = [lost[n] for n in replica.nodes if n in lost]
         why = "; ".join(loss.message for loss in losses)
+        broken = _broken(replica)
         if any(loss.force for loss in losses):
             actions += _delete_replica(replica, force=True)
             moves = f"replica {replica.replica} moves off {', '.join(replica.nodes)}: {why}"
             events.append(_event(workload, EventType.WARNING, EventReason.RESCHEDULED, moves))
+            settling.add(replica.workload_key)
+        elif broken is not None:
+            # A rank that restarted has left its collective group: the gang starts again as one (a failed
+            # pod — evicted, say — never comes back by itself).
+            actions += _delete_replica(replica, force=False)
+            events.append(_event(workload, EventType.WARNING, EventReason.GANG_RESTARTED, broken))
             settling.add(replica.workload_key)
         elif not replica.consistent:
             actions += _delete_replica(replica, force=False)
@@ -351,6 +364,20 @@ def services(state: ClusterState, live: Live, placements: Mapping[str, tuple[Rep
     return Changes(tuple(actions))
 
 
+def engine_configs(state: ClusterState, live: Live, placements: Mapping[str, tuple[ReplicaPlacement, ...]]) -> Changes:
+    """The ConfigMap of engine files (MindIE's config.json) of every replica whose engine reads some,
+    applied each pass; the controller sends it once per content, so this costs a write only when it changes
+    or the operator restarts."""
+    actions: list[Action] = []
+    for key, workload in sorted(state.workloads.items()):
+        running = [_placement(r.replica, r) for r in live.get(key, ())]
+        for placement in (*running, *placements.get(key, ())):
+            manifest = render_engine_config(workload, placement)
+            if manifest is not None:
+                actions.append(ApplyConfigMap(manifest, workload.ref))
+    return Changes(tuple(actions))
+
+
 # --- 6. status --------------------------------------------------------------------------------------------
 
 
@@ -378,11 +405,13 @@ def workload_statuses(state: ClusterState, placed: Placed) -> Changes:
         if scale is not None:
             actions.append(scale[0])
             events.append(scale[1])
+        placements = (*running, *placed.placements.get(key, ()))
         report = WorkloadReport(
-            placements=(*running, *placed.placements.get(key, ())),
+            placements=placements,
             ready=sum(1 for r in live if r.ready),
             refusal=placed.refusals.get(key),
             unready_pods=tuple(f"{p.name}: {p.unschedulable}" for r in live for p in r.pods if p.unschedulable),
+            conflicts=_conflicts(workload, placements),
             tokens=tokens.workloads.get(key) if tokens else None,
             tokens_stale=stale,
             target=target,
@@ -467,12 +496,42 @@ def _autoscale(
 
 
 def _delete_replica(replica: LedgerReplica, *, force: bool) -> list[Action]:
-    return [DeletePod(pod.ref, replica.workload, force=force) for pod in replica.pods if not pod.terminating or force]
+    """The replica's pods, and the ConfigMap of its engine's files if it has one."""
+    actions: list[Action] = [
+        DeletePod(pod.ref, replica.workload, force=force) for pod in replica.pods if not pod.terminating or force
+    ]
+    namespace = replica.workload.namespace
+    for name in sorted({pod.engine_config for pod in replica.pods if pod.engine_config}):
+        actions.append(DeleteConfigMap(ObjectRef(Kind.CONFIG_MAP, namespace, name), replica.workload))
+    return actions
+
+
+def _broken(replica: LedgerReplica) -> str | None:
+    """Why the replica must restart whole: a pod that failed for good, or a restarted rank of a gang."""
+    for pod in replica.pods:
+        if pod.failed:
+            return f"replica {replica.replica}: pod {pod.name} failed; replacing the replica"
+        if len(replica.nodes) > 1 and pod.restarts > 0:
+            return f"replica {replica.replica}: rank {pod.rank} restarted; the gang restarts together"
+    return None
 
 
 def _placement(index: int, where: LedgerReplica | Decision, tokens: TokensPerSecond | None = None) -> ReplicaPlacement:
     """Where a replica runs, as status states it."""
     return ReplicaPlacement.of(index, where.allocation, tokens)
+
+
+def _conflicts(workload: AgentWorkload, placements: Iterable[ReplicaPlacement]) -> tuple[str, ...]:
+    """What custom runtimes' own flags contradict in the replicas' placements, once per vendor and message."""
+    found: dict[str, None] = {}
+    for placement in placements:
+        runtime = workload.spec.runtimes.get(placement.vendor)
+        if runtime is None or runtime.engine is not Engine.CUSTOM:
+            continue
+        where = placement.allocation
+        for problem in custom_conflicts(runtime.args, where.devices, where.precision):
+            found[f"{placement.vendor.value}: {problem}"] = None
+    return tuple(found)
 
 
 def _event(workload: AgentWorkload, kind: EventType, reason: EventReason, message: str) -> Event:

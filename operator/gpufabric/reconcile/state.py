@@ -31,6 +31,11 @@ class PodRecord:
     unschedulable: str | None = None
     # where its metrics can be scraped
     ip: str | None = None
+    # the ConfigMap its engine's files come from (deleted with the replica)
+    engine_config: str | None = None
+    # container restarts, and whether the pod failed for good (evicted, …): a gang then restarts whole
+    restarts: int = 0
+    failed: bool = False
 
     @property
     def name(self) -> str:

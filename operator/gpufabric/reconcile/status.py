@@ -52,6 +52,8 @@ class WorkloadReport:
     ready: int
     refusal: str | None
     unready_pods: tuple[str, ...]  # "pod: why" for pods kube-scheduler will not place
+    # what in a custom runtime's own command line contradicts the placement, per vendor
+    conflicts: tuple[str, ...] = ()
     tokens: TokensPerSecond | None = None
     tokens_stale: bool = False
     target: TargetReport | None = None
@@ -158,6 +160,8 @@ def workload_status(workload: AgentWorkload, report: WorkloadReport, now: dateti
         degraded = Wanted(
             ConditionType.DEGRADED, True, ConditionReason.PODS_UNSCHEDULABLE, "; ".join(report.unready_pods)
         )
+    elif report.conflicts:
+        degraded = Wanted(ConditionType.DEGRADED, True, ConditionReason.ARGS_CONFLICT, "; ".join(report.conflicts))
     elif 0 < report.ready < wanted:
         degraded = Wanted(
             ConditionType.DEGRADED,

@@ -16,6 +16,11 @@ def replica_service_name(workload: str, replica: int) -> str:
     return f"{workload}-{replica}"
 
 
+def engine_config_name(workload: str, replica: int) -> str:
+    """ConfigMap holding the files a replica's engine reads (MindIE's config.json)."""
+    return f"{workload}-{replica}-engine"
+
+
 def client_service_name(workload: str) -> str:
     return workload
 

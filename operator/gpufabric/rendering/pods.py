@@ -18,11 +18,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gpufabric import vendors
+from gpufabric import engines, vendors
 from gpufabric.api import labels
 from gpufabric.api.agentworkload import AgentWorkload, ReplicaPlacement, Runtime
 from gpufabric.api.computenode import ComputeNodeSpec
-from gpufabric.rendering.names import leader_address, owner_reference, pod_name, replica_service_name, selector_labels
+from gpufabric.engines import Engine, Launch, Rendered
+from gpufabric.rendering.names import (
+    engine_config_name,
+    leader_address,
+    owner_reference,
+    pod_name,
+    replica_service_name,
+    selector_labels,
+)
 from gpufabric.rendering.template import template_hash
 
 # Multus reads the networks a pod attaches from this annotation (k8snetworkplumbingwg/multus-cni
@@ -53,8 +61,9 @@ def render_pod(
     facts = vendors.facts(placement.vendor)
     gang = len(placement.nodes) > 1
     name = pod_name(workload.name, placement.replica, rank)
-    metrics = spec.metrics_or_default
-    metrics_port = metrics.port_for(runtime)
+    metrics = spec.metrics_for(placement.vendor)
+    metrics_port = metrics.port
+    rendered = engine_command(workload, placement, rank)
 
     pod_labels = {
         **selector_labels(workload.name),
@@ -81,6 +90,22 @@ def render_pod(
         }
     if gang and node.network_attachment:
         annotations[MULTUS_NETWORKS] = node.network_attachment
+    if runtime.engine is not Engine.CUSTOM:
+        annotations[labels.ENGINE] = runtime.engine.value
+    volumes: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}}]
+    if rendered is not None and rendered.files:
+        annotations[labels.ENGINE_CONFIG] = engine_config_name(workload.name, placement.replica)
+        volumes.append(
+            {
+                "name": "engine-config",
+                "configMap": {
+                    "name": engine_config_name(workload.name, placement.replica),
+                    "items": [{"key": _file_key(path), "path": _file_key(path)} for path in sorted(rendered.files)],
+                    # MindIE refuses a config.json readable by others (mode 640, its docs).
+                    "defaultMode": 0o640,
+                },
+            }
+        )
 
     pod_spec: dict[str, Any] = {
         "affinity": {
@@ -93,8 +118,10 @@ def render_pod(
             }
         },
         "tolerations": [{"key": key, "operator": "Exists", "effect": "NoSchedule"} for key in facts.taint_keys],
-        "containers": [_container(workload, placement, rank, node, runtime=runtime, metrics_port=metrics_port)],
-        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}}],
+        "containers": [
+            _container(workload, placement, rank, node, runtime=runtime, metrics_port=metrics_port, rendered=rendered)
+        ],
+        "volumes": volumes,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         "enableServiceLinks": False,
@@ -126,6 +153,7 @@ def _container(
     *,
     runtime: Runtime,
     metrics_port: int,
+    rendered: Rendered | None,
 ) -> dict[str, Any]:
     gang = len(placement.nodes) > 1
     ports = [{"name": "http", "containerPort": runtime.port, "protocol": "TCP"}]
@@ -133,24 +161,30 @@ def _container(
         ports.append({"name": "metrics", "containerPort": metrics_port, "protocol": "TCP"})
     if gang and rank == 0:
         ports.append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"})
+    for name, port in rendered.extra_ports if rendered else ():
+        ports.append({"name": name, "containerPort": port, "protocol": "TCP"})
 
     capabilities: dict[str, list[str]] = {"drop": ["ALL"]}
     if gang:
         capabilities["add"] = ["IPC_LOCK"]  # RDMA registers (pins) memory
 
+    mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    for path in sorted(rendered.files if rendered else ()):
+        mounts.append({"name": "engine-config", "mountPath": path, "subPath": _file_key(path), "readOnly": True})
     container: dict[str, Any] = {
         "name": "server",
         "image": runtime.image,
-        "env": _env(workload, placement, rank, node, runtime),
+        "env": _env(workload, placement, rank, node, runtime=runtime, rendered=rendered),
         "ports": ports,
         "resources": _resources(placement, node, runtime),
-        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+        "volumeMounts": mounts,
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": capabilities},
     }
-    if runtime.command:
-        container["command"] = list(runtime.command)
-    if runtime.args:
-        container["args"] = list(runtime.args)
+    command, args = (rendered.command, rendered.args) if rendered else (runtime.command, runtime.args)
+    if command:
+        container["command"] = list(command)
+    if args:
+        container["args"] = list(args)
     if runtime.image_pull_policy:
         container["imagePullPolicy"] = runtime.image_pull_policy.value
     if rank == 0:
@@ -165,7 +199,13 @@ def _container(
 
 
 def _env(
-    workload: AgentWorkload, placement: ReplicaPlacement, rank: int, node: ComputeNodeSpec, runtime: Runtime
+    workload: AgentWorkload,
+    placement: ReplicaPlacement,
+    rank: int,
+    node: ComputeNodeSpec,
+    *,
+    runtime: Runtime,
+    rendered: Rendered | None,
 ) -> list[dict[str, Any]]:
     spec = workload.spec
     nodes = len(placement.nodes)
@@ -190,10 +230,57 @@ def _env(
             {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
             *_collective_env(placement, node),
         ]
+    if rendered is not None:
+        ours += [{"name": name, "value": value} for name, value in rendered.env]
+        ours += [
+            {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}} for name, path in rendered.env_from_fields
+        ]
     user = [env.wire() for env in runtime.env]
     taken = {env["name"] for env in user}
     # The user's settings win (they may know their NICs better); ours fill the gaps.
     return user + [env for env in ours if env["name"] not in taken]
+
+
+def engine_command(workload: AgentWorkload, placement: ReplicaPlacement, rank: int) -> Rendered | None:
+    """The engine's command line (and files) for this rank of the replica; None for `custom` engines."""
+    spec = workload.spec
+    runtime = spec.runtimes[placement.vendor]
+    launch = Launch(
+        model=runtime.weights_for(spec.model, placement.precision),
+        from_checkpoint=placement.precision in runtime.checkpoints,
+        served_name=spec.model.served_name or spec.model.name,
+        port=runtime.port,
+        vendor=placement.vendor,
+        precision=placement.precision,
+        devices_per_node=placement.devices_per_node,
+        nodes=len(placement.nodes),
+        rank=rank,
+        leader=leader_address(workload, placement.replica),
+        context_length=spec.model.context_length,
+    )
+    return engines.render(runtime.engine, launch, tuple(runtime.args))
+
+
+def render_engine_config(workload: AgentWorkload, placement: ReplicaPlacement) -> dict[str, Any] | None:
+    """The ConfigMap of files the replica's engine reads (same for every rank), or None if it reads none."""
+    rendered = engine_command(workload, placement, 0)
+    if rendered is None or not rendered.files:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": engine_config_name(workload.name, placement.replica),
+            "namespace": workload.namespace,
+            "labels": {**selector_labels(workload.name), labels.REPLICA: str(placement.replica)},
+            "ownerReferences": [owner_reference(workload)],
+        },
+        "data": {_file_key(path): content for path, content in sorted(rendered.files.items())},
+    }
+
+
+def _file_key(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
 
 
 def _collective_env(placement: ReplicaPlacement, node: ComputeNodeSpec) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ def template_hash(spec: AgentWorkloadSpec, vendor: Vendor) -> str:
     material = {
         "model": spec.model.wire(),
         "runtime": runtime.wire() if runtime else None,
-        "metrics": spec.metrics_or_default.wire(),
+        "metrics": spec.metrics.wire() if spec.metrics else None,
         "nodesPerReplica": spec.nodes_per_replica,
     }
     digest = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()

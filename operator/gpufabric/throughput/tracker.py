@@ -14,7 +14,7 @@ from gpufabric.api.refs import Allocation, ObjectRef
 from gpufabric.api.tokens import TokensPerSecond
 from gpufabric.placement.estimates import ThroughputSource, replica_tokens_per_second
 from gpufabric.throughput.autoscale import Autoscaler, Inputs, Recommendation
-from gpufabric.throughput.exposition import Reading, ScrapeProblem
+from gpufabric.throughput.exposition import INVALID_VALUE, MISSING_GAUGE, Reading, ScrapeProblem, SeriesKey
 from gpufabric.throughput.learning import LearnedThroughput
 from gpufabric.throughput.rates import CounterSeries
 
@@ -40,10 +40,17 @@ class ScrapeTarget:
 
 @dataclass
 class PodSeries:
+    """What one pod's engine has reported: a counter series per label set of each token counter."""
+
     target: ScrapeTarget
-    prompt: CounterSeries
-    generation: CounterSeries
+    prompt: dict[SeriesKey, CounterSeries] = field(default_factory=dict)
+    generation: dict[SeriesKey, CounterSeries] = field(default_factory=dict)
     waiting: float | None = None
+    scrapes: int = 0
+
+    def rate(self, kind: str) -> float:
+        """Sum of the per-series rates (PromQL: sum(rate(counter[window])))."""
+        return sum(series.rate() for series in (self.prompt if kind == "prompt" else self.generation).values())
 
 
 @dataclass(frozen=True)
@@ -92,19 +99,15 @@ class TokenTracker:
             return
         current = self.series.get(target.pod)
         if current is None or current.target != target:
-            # A new pod, or the same name now describing another replica: a new series (totals keep counting).
-            current = PodSeries(target, CounterSeries(self.window), CounterSeries(self.window))
+            # A new pod, or the same name now describing another replica: new series (totals keep counting).
+            current = PodSeries(target)
             self.series[target.pod] = current
         where = target.allocation
-        accepted = True
-        for kind, series, value in (
-            ("prompt", current.prompt, outcome.prompt),
-            ("generation", current.generation, outcome.generation),
+        refused = False
+        for kind, values, kept in (
+            ("prompt", outcome.prompt, current.prompt),
+            ("generation", outcome.generation, current.generation),
         ):
-            grown = series.add(at, value)
-            if grown is None:
-                accepted = False
-                continue
             key = (
                 target.workload.namespace or "",
                 target.workload.name,
@@ -113,12 +116,22 @@ class TokenTracker:
                 where.precision.value,
                 kind,
             )
-            self.totals[key] += grown
-        if not accepted:
-            self.failures["invalid_value"] += 1
+            for gone in [series for series in kept if series not in values]:
+                del kept[gone]  # an engine (a label set) stopped reporting: it contributes nothing more
+            for series, value in values.items():
+                grown = kept.setdefault(series, CounterSeries(self.window)).add(at, value)
+                if grown is None:
+                    refused = True
+                else:
+                    self.totals[key] += grown
+        if refused:
+            self.failures[INVALID_VALUE] += 1
+        if outcome.gauge_missing:
+            self.failures[MISSING_GAUGE] += 1
         current.waiting = outcome.waiting
-        rate = current.generation.rate()
-        if outcome.waiting is not None and outcome.waiting > 0 and rate > 0 and len(current.generation.samples) >= 3:
+        current.scrapes += 1
+        rate = current.rate("generation")
+        if outcome.waiting is not None and outcome.waiting > 0 and rate > 0 and current.scrapes >= 3:
             self.learned.observe(where.accelerator, where.precision, target.parameters_billions, where.devices, rate)
 
     def forget_missing(self, live: Iterable[ObjectRef]) -> None:
@@ -136,7 +149,7 @@ class TokenTracker:
             target = series.target
             found[(target.workload.key, target.replica)] = (
                 target,
-                TokensPerSecond(prompt=round(series.prompt.rate(), 1), generation=round(series.generation.rate(), 1)),
+                TokensPerSecond(prompt=round(series.rate("prompt"), 1), generation=round(series.rate("generation"), 1)),
                 bool(series.waiting),
             )
         return found
