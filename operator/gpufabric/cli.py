@@ -109,6 +109,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    from gpufabric import renderreport  # noqa: PLC0415
+
+    fleet = _load_or_report(args.filename)
+    if fleet is None:
+        return EXIT_INVALID_INPUT
+    rendered = renderreport.render_fleet(fleet)
+    sys.stdout.write(renderreport.FORMATS[args.output](rendered))
+    for refusal in rendered.refused:
+        print(f"not placed: {refusal.workload} replica {refusal.replica}: {refusal.reason}", file=sys.stderr)
+    return 0
+
+
 def configure_logging(verbose: bool) -> None:
     """INFO tells a person what the operator did (placed, moved, scaled, refused, why); kopf's per-event
     handler lines ("Handler ... succeeded", one per watch event) are DEBUG, shown with -v."""
@@ -224,6 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a placement weight (see gpufabric.placement.weights.Weights), repeatable",
     )
     plan.set_defaults(handler=cmd_plan)
+
+    render = commands.add_parser(
+        "render", help="print the Pods, Services and ConfigMaps the operator would create for the manifests"
+    )
+    render.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        help="file or directory of ComputeNode and AgentWorkload manifests (repeatable)",
+    )
+    render.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml", help="output format")
+    render.set_defaults(handler=cmd_render)
 
     capacity = commands.add_parser(
         "capacity", help="how many more tokens/s of a model of a given size the fabric's free devices can serve"

@@ -49,8 +49,8 @@ class PrecisionSupport:
 
     # flags added to the command line (none: the checkpoint's own config says it)
     flags: tuple[str, ...] = ()
-    # flags when the weights come from a checkpoint quantized for this precision (spec.model.checkpoints)
-    checkpoint_flags: tuple[str, ...] = ()
+    # flags when the weights come from the runtime's checkpoint for this precision (None: the same flags)
+    checkpoint_flags: tuple[str, ...] | None = None
     # only from such a checkpoint: the engine cannot quantize the base weights itself
     needs_checkpoint: bool = False
 
@@ -133,7 +133,7 @@ _VLLM_CUDA = {
     Precision.FP16: PrecisionSupport(flags=VLLM_DTYPE[Precision.FP16]),
     # Online dynamic FP8 from BF16 weights (docs.vllm.ai features/quantization/fp8: `--quantization fp8`); an
     # FP8 checkpoint carries its own quantization config and needs no flag.
-    Precision.FP8: PrecisionSupport(flags=("--quantization", "fp8")),
+    Precision.FP8: PrecisionSupport(flags=("--quantization", "fp8"), checkpoint_flags=()),
     # W8A8 INT8 and NVFP4 only from checkpoints (compressed-tensors, ModelOpt): vLLM reads their config.
     Precision.INT8: PrecisionSupport(needs_checkpoint=True),
     Precision.FP4: PrecisionSupport(needs_checkpoint=True),
@@ -193,7 +193,7 @@ SGLANG = EngineProfile(
         Vendor.NVIDIA: {
             Precision.BF16: PrecisionSupport(flags=("--dtype", "bfloat16")),
             Precision.FP16: PrecisionSupport(flags=("--dtype", "float16")),
-            Precision.FP8: PrecisionSupport(flags=("--quantization", "fp8")),
+            Precision.FP8: PrecisionSupport(flags=("--quantization", "fp8"), checkpoint_flags=()),
             Precision.INT8: PrecisionSupport(checkpoint_flags=("--quantization", "w8a8_int8"), needs_checkpoint=True),
             Precision.FP4: PrecisionSupport(checkpoint_flags=("--quantization", "modelopt_fp4"), needs_checkpoint=True),
         }
@@ -289,7 +289,9 @@ def render(engine: Engine, launch: Launch, user_args: tuple[str, ...]) -> Render
 
 def _precision_flags(engine: Engine, launch: Launch) -> tuple[str, ...]:
     support = PROFILES[engine].precisions[launch.vendor][launch.precision]
-    return support.checkpoint_flags if launch.from_checkpoint and support.checkpoint_flags else support.flags
+    if launch.from_checkpoint and support.checkpoint_flags is not None:
+        return support.checkpoint_flags
+    return support.flags
 
 
 def _vllm(launch: Launch, user_args: tuple[str, ...]) -> Rendered:

@@ -59,6 +59,14 @@ RULES: tuple[Rule, ...] = (
         only_with="--discover-nodes",
     ),
     Rule("", ("pods", "services"), (*WATCH, "create", "delete"), Scope.CLUSTER, "the replicas' pods and Services"),
+    Rule(
+        "",
+        ("configmaps",),
+        ("create", "patch", "delete"),
+        Scope.CLUSTER,
+        "engine files of replicas (MindIE's config.json) and the learned-throughput table; never read outside "
+        "the operator's namespace",
+    ),
     Rule("", ("nodes",), WATCH, Scope.CLUSTER, "Node readiness and advertised devices"),
     Rule("", ("events",), ("create",), Scope.CLUSTER, "events on AgentWorkloads: placed, moved, scaled, refused"),
     Rule(
@@ -79,9 +87,9 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "",
         ("configmaps",),
-        ("get", "create", "patch"),
+        ("get",),
         Scope.OPERATOR_NAMESPACE,
-        "the learned-throughput table: ConfigMap gpufabric-learned-throughput",
+        "reading the learned-throughput table: ConfigMap gpufabric-learned-throughput",
     ),
 )
 

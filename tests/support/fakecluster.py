@@ -15,9 +15,11 @@ from gpufabric.api import AgentWorkload, ComputeNode
 from gpufabric.api.refs import Kind
 from gpufabric.reconcile import (
     Action,
+    ApplyConfigMap,
     ClusterState,
     CreatePod,
     CreateService,
+    DeleteConfigMap,
     DeletePod,
     DeleteService,
     Event,
@@ -51,6 +53,7 @@ class FakeCluster:
         self.workloads: dict[str, dict[str, Any]] = {}
         self.pods: dict[str, dict[str, Any]] = {}
         self.services: dict[str, dict[str, Any]] = {}
+        self.config_maps: dict[str, dict[str, Any]] = {}
         self.events: list[Event] = []
         self.applied: list[Action] = []
 
@@ -159,6 +162,10 @@ class FakeCluster:
                     self.services[key] = copy.deepcopy(manifest)
                 case DeleteService(target=service):
                     self.services.pop(service.key, None)
+                case ApplyConfigMap(manifest=manifest, target=ref):
+                    self.config_maps[ref.key] = copy.deepcopy(manifest)
+                case DeleteConfigMap(target=ref):
+                    self.config_maps.pop(ref.key, None)
                 case PatchStatus(target=ref, status=status):
                     objects = self.workloads if ref.kind is Kind.AGENT_WORKLOAD else self.compute_nodes
                     target = objects[ref.key]

@@ -35,6 +35,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from gpufabric.api.computenode import ComputeNode
+from gpufabric.engines import VLLM, Engine, MetricNames, profile
 from support.fleet import device_plugin_resources
 
 HOSTNAME_LABEL: Final = "kubernetes.io/hostname"
@@ -58,28 +59,28 @@ class TokenRate:
 
 @dataclass
 class TokenServer:
-    """One pod's engine: counters that grow at the workload's rate from the moment the pod started."""
+    """One pod's engine: counters that grow at the workload's rate from the moment the pod started, under the
+    names its engine uses (the pod's gpufabric.io/engine annotation; vLLM's for custom runtimes)."""
 
     address: str
     ports: list[int]
     rate: TokenRate
     model: str
+    names: MetricNames = VLLM.metrics
     started: float = field(default_factory=time.monotonic)
     servers: list[ThreadingHTTPServer] = field(default_factory=list)
 
     def page(self) -> bytes:
         elapsed = time.monotonic() - self.started
         labels = f'model_name="{self.model}"'
+        names = self.names
         return (
-            "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.\n"
-            "# TYPE vllm:prompt_tokens_total counter\n"
-            f"vllm:prompt_tokens_total{{{labels}}} {self.rate.prompt * elapsed:.1f}\n"
-            "# HELP vllm:generation_tokens_total Number of generation tokens processed.\n"
-            "# TYPE vllm:generation_tokens_total counter\n"
-            f"vllm:generation_tokens_total{{{labels}}} {self.rate.generation * elapsed:.1f}\n"
-            "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
-            "# TYPE vllm:num_requests_waiting gauge\n"
-            f"vllm:num_requests_waiting{{{labels}}} {self.rate.waiting}\n"
+            f"# TYPE {names.prompt_counter} counter\n"
+            f"{names.prompt_counter}{{{labels}}} {self.rate.prompt * elapsed:.1f}\n"
+            f"# TYPE {names.generation_counter} counter\n"
+            f"{names.generation_counter}{{{labels}}} {self.rate.generation * elapsed:.1f}\n"
+            f"# TYPE {names.waiting_gauge} gauge\n"
+            f"{names.waiting_gauge}{{{labels}}} {self.rate.waiting}\n"
         ).encode()
 
     def start(self) -> None:
@@ -239,8 +240,10 @@ class StandInKubelet:
         ports = sorted({p.container_port for c in pod.spec.containers for p in c.ports or []})
         key = f"{pod.metadata.namespace}/{workload}"
         if uid not in self.engines:
+            engine_name = (pod.metadata.annotations or {}).get("gpufabric.io/engine", Engine.CUSTOM.value)
+            names = profile(Engine(engine_name)).metrics
             with self._lock:
-                engine = TokenServer(address, ports, self.rates.get(key, TokenRate()), key)
+                engine = TokenServer(address, ports, self.rates.get(key, TokenRate()), key, names)
             engine.start()
             self.engines[uid] = engine
         started = now()

@@ -3,6 +3,7 @@ does, and checks what a user would see — pods, Services, status, events."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import timedelta
 
@@ -293,3 +294,67 @@ def test_settings_set_the_grace_period() -> None:
     outcome = cluster.step(Settings(node_grace=timedelta(seconds=2)))
     assert any(isinstance(a, DeletePod) for a in outcome.actions)
     assert any(isinstance(a, Event) and a.reason == "Rescheduled" for a in outcome.actions)
+
+
+class TestEngines:
+    def test_a_mindie_replica_gets_its_config_and_loses_it_with_the_replica(self) -> None:
+        cluster = fleet("a1", "a2", accelerator=ASCEND, domain="b")
+        chat = workload("chat", replicas=2, devicesPerReplica=2, runtimes=("ascend",))
+        spec = chat.wire()["spec"]
+        spec["runtimes"]["ascend"] |= {"engine": "mindie", "checkpoints": {"BF16": "/models/chat"}}
+        key = cluster.add_workload(type(chat).model_validate({**chat.wire(), "spec": spec}))
+        cluster.settle()
+        assert sorted(cluster.config_maps) == ["default/chat-0-engine", "default/chat-1-engine"]
+        config = json.loads(cluster.config_maps["default/chat-0-engine"]["data"]["config.json"])
+        assert config["BackendConfig"]["ModelDeployConfig"]["ModelConfig"][0]["modelWeightPath"] == "/models/chat"
+        pod = cluster.pods["default/chat-0-0"]
+        assert pod["metadata"]["annotations"]["gpufabric.io/engine-config"] == "chat-0-engine"
+        cluster.edit_workload(key, {"replicas": 1})
+        cluster.settle()
+        assert sorted(cluster.config_maps) == ["default/chat-0-engine"], "the scaled-down replica's config goes too"
+
+    def test_a_restarted_rank_restarts_the_whole_gang(self) -> None:
+        cluster = fleet("h1", "h2")
+        key = cluster.add_workload(
+            workload("big", devicesPerReplica=16, nodesPerReplica=2, runtimes=("nvidia",), precisions=("FP8",))
+        )
+        cluster.settle()
+        rank1 = cluster.pods["default/big-0-1"]
+        rank1["status"]["containerStatuses"] = [{"name": "server", "restartCount": 1, "ready": True}]
+        cluster.applied.clear()
+        cluster.settle()
+        deleted = sorted(a.target.name for a in cluster.applied if isinstance(a, DeletePod))
+        assert deleted == ["big-0-0", "big-0-1"], "both ranks go, not only the one that restarted"
+        recreated = sorted(a.target.name for a in cluster.applied if isinstance(a, CreatePod))
+        assert recreated == ["big-0-0", "big-0-1"]
+        assert all(not p["status"].get("containerStatuses") for p in cluster.pods_of(key).values())
+        assert any(e.reason == "GangRestarted" and "rank 1 restarted" in e.message for e in cluster.events)
+        assert cluster.condition(key, "Ready")["status"] == "True"
+
+    def test_a_custom_command_line_that_contradicts_the_placement_degrades_the_workload(self) -> None:
+        cluster = fleet("h1")
+        chat = workload("chat", devicesPerReplica=2, runtimes=("nvidia",))
+        spec = chat.wire()["spec"]
+        spec["runtimes"]["nvidia"]["args"] = ["--tensor-parallel-size", "4"]
+        key = cluster.add_workload(type(chat).model_validate({**chat.wire(), "spec": spec}))
+        cluster.settle()
+        degraded = cluster.condition(key, "Degraded")
+        assert (degraded["status"], degraded["reason"]) == ("True", "ArgsConflict")
+        assert (
+            degraded["message"]
+            == "nvidia: args ask for 4 devices (tensor x pipeline parallel) but the replica was given 2"
+        )
+
+    def test_a_precision_the_engine_cannot_serve_without_weights_is_refused_with_the_reason(self) -> None:
+        cluster = fleet("a1", "a2", accelerator=ASCEND, domain="b")
+        chat = workload("chat", runtimes=("ascend",), precisions=("INT8",))
+        spec = chat.wire()["spec"]
+        spec["runtimes"]["ascend"]["engine"] = "vllm"
+        key = cluster.add_workload(type(chat).model_validate({**chat.wire(), "spec": spec}))
+        cluster.settle()
+        placed = cluster.condition(key, "Placed")
+        assert placed["reason"] == "Unschedulable"
+        assert placed["message"] == (
+            "0/2 nodes: 2 engine vllm on ascend serves INT8 only from a quantized checkpoint: "
+            "set spec.runtimes.ascend.checkpoints.INT8"
+        )
