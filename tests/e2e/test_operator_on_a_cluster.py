@@ -370,7 +370,7 @@ def test_each_engines_token_counters_reach_status_and_the_exporter(story: Story,
     report("learned throughput saved to its ConfigMap (waited)", took)
 
 
-def exported(text: str, family: str) -> dict[tuple[str, ...], float]:
+def exported(text: str, family: str) -> dict[tuple[str, str, str], float]:
     """A gauge family from the operator's /metrics: (vendor, accelerator, precision) -> value."""
     found = {}
     for found_family in text_string_to_metric_families(text):
