@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from gpufabric.api import labels
@@ -38,29 +39,80 @@ def capacity_from_files(
     return _report(snapshot, parameters_billions, precisions, prior, "manifests, after placing their workloads")
 
 
+class ClusterUnreadableError(Exception):
+    """No credentials, no answer, or a refusal from the cluster: one line a person can act on."""
+
+
+# Long enough for a list of every pod of a big cluster, short enough that a silent network is reported.
+REQUEST_TIMEOUT_SECONDS = 30
+
+
 def capacity_from_cluster(
-    kubeconfig: str | None, parameters_billions: float, precisions: Sequence[Precision] | None
+    kubeconfig: str | None,
+    parameters_billions: float,
+    precisions: Sequence[Precision] | None,
+    *,
+    context: str | None = None,
 ) -> CapacityReport:
     """Free capacity now: ComputeNodes and Node readiness, allocations from the operator's pods, and the
-    throughput the operator has learned (its ConfigMap), else the priors."""
+    throughput the operator has learned (its ConfigMap), else the priors. ClusterUnreadableError when the
+    cluster cannot be logged in to, reached or read."""
     from kubernetes import client  # noqa: PLC0415 - only this path talks to a cluster
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+    from urllib3.exceptions import HTTPError  # noqa: PLC0415
 
     from gpufabric import credentials  # noqa: PLC0415
+
+    try:
+        configuration = credentials.load(kubeconfig, context)
+    except credentials.CredentialsError as error:
+        raise ClusterUnreadableError(str(error)) from None
+    api: Any = client.ApiClient(configuration)
+    try:
+        return _capacity_of(api, parameters_billions, precisions)
+    except ApiException as error:
+        raise ClusterUnreadableError(
+            f"{configuration.host} refused a read: {error.status} {error.reason}"
+            + (" (are the CRDs installed?)" if error.status == HTTPStatus.NOT_FOUND else "")
+        ) from None
+    except (HTTPError, OSError) as error:
+        raise ClusterUnreadableError(f"cannot reach {configuration.host}: {_one_line(error)}") from None
+
+
+def _one_line(error: BaseException) -> str:
+    reason = getattr(error, "reason", None) or error
+    return " ".join(str(reason).split())
+
+
+def _capacity_of(api: Any, parameters_billions: float, precisions: Sequence[Precision] | None) -> CapacityReport:
+    from kubernetes import client  # noqa: PLC0415
+    from pydantic import ValidationError  # noqa: PLC0415
+
     from gpufabric.api.common import API_GROUP, API_VERSION  # noqa: PLC0415
     from gpufabric.api.computenode import ComputeNode  # noqa: PLC0415
+    from gpufabric.api.objects import problems  # noqa: PLC0415
     from gpufabric.reconcile.ledger import fleet_snapshot, replicas_of  # noqa: PLC0415
     from gpufabric.reconcile.observe import NotOurs, node_health, pod_record  # noqa: PLC0415
 
-    api: Any = client.ApiClient(credentials.load(kubeconfig))
     custom: Any = client.CustomObjectsApi(api)
     core: Any = client.CoreV1Api(api)
-    nodes = [
-        ComputeNode.model_validate(item)
-        for item in custom.list_cluster_custom_object(API_GROUP, API_VERSION, "computenodes")["items"]
-    ]
-    health = {n.metadata.name: node_health(api.sanitize_for_serialization(n)) for n in core.list_node().items}
+    timeout = REQUEST_TIMEOUT_SECONDS
+    nodes = []
+    for item in custom.list_cluster_custom_object(API_GROUP, API_VERSION, "computenodes", _request_timeout=timeout)[
+        "items"
+    ]:
+        try:
+            nodes.append(ComputeNode.model_validate(item))
+        except ValidationError as error:
+            name = (item.get("metadata") or {}).get("name")
+            raise ClusterUnreadableError(f"ComputeNode {name} in the cluster: {'; '.join(problems(error))}") from None
+    health = {
+        n.metadata.name: node_health(api.sanitize_for_serialization(n))
+        for n in core.list_node(_request_timeout=timeout).items
+    }
     records = []
-    for pod in core.list_pod_for_all_namespaces(label_selector=f"{labels.MANAGED_BY}={labels.MANAGER}").items:
+    selector = f"{labels.MANAGED_BY}={labels.MANAGER}"
+    for pod in core.list_pod_for_all_namespaces(label_selector=selector, _request_timeout=timeout).items:
         try:
             records.append(pod_record(api.sanitize_for_serialization(pod)))
         except NotOurs:
@@ -69,7 +121,10 @@ def capacity_from_cluster(
     source: ThroughputSource = PriorThroughput(dict(ACCELERATORS))
     origin = "live cluster, vendor-table priors"
     learned = LearnedThroughput(source)
-    for item in core.list_config_map_for_all_namespaces(field_selector=f"metadata.name={CONFIG_MAP}").items:
+    stores = core.list_config_map_for_all_namespaces(
+        field_selector=f"metadata.name={CONFIG_MAP}", _request_timeout=timeout
+    ).items
+    for item in stores:
         if item.data and KEY in item.data and not learned.load(item.data[KEY]):
             source, origin = learned, "live cluster, learned throughput where measured"
     return _report(snapshot, parameters_billions, precisions, source, origin)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import yaml
 
-from gpufabric.placement.engine import Decision
+from gpufabric.placement.engine import Decision, Refusal
 from gpufabric.placement.plan import FleetPlan
 from gpufabric.texttable import table
 
@@ -45,6 +46,32 @@ def as_document(plan: FleetPlan) -> dict[str, Any]:
     }
 
 
+def refusal_lines(refused: Iterable[Refusal]) -> list[str]:
+    """One line per workload and reason, however many replicas share it:
+    `replicas 0–999 of agents/big (1,000): 0/20 nodes: …`. Workloads keep their first-refused order."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for refusal in refused:
+        groups.setdefault((refusal.workload, refusal.reason), []).append(refusal.replica)
+    lines = []
+    for (workload, reason), replicas in groups.items():
+        if len(replicas) == 1:
+            lines.append(f"replica {replicas[0]} of {workload}: {reason}")
+        else:
+            lines.append(f"replicas {replica_ranges(replicas)} of {workload} ({len(replicas):,}): {reason}")
+    return lines
+
+
+def replica_ranges(replicas: Iterable[int]) -> str:
+    """`0–3, 7, 9–12`: sorted runs of consecutive replica numbers."""
+    runs: list[list[int]] = []
+    for replica in sorted(set(replicas)):
+        if runs and replica == runs[-1][-1] + 1:
+            runs[-1].append(replica)
+        else:
+            runs.append([replica])
+    return ", ".join(str(run[0]) if len(run) == 1 else f"{run[0]}–{run[-1]}" for run in runs)
+
+
 def as_json(plan: FleetPlan) -> str:
     return json.dumps(as_document(plan), indent=2) + "\n"
 
@@ -76,7 +103,7 @@ def as_table(plan: FleetPlan) -> str:
     lines += table(header, rows) if rows else ["no replicas placed"]
     if plan.refused:
         lines += ["", "UNSCHEDULABLE"]
-        lines += [f"  {r.workload} replica {r.replica}: {r.reason}" for r in plan.refused]
+        lines += [f"  {line}" for line in refusal_lines(plan.refused)]
     if plan.orphaned:
         lines += ["", "ORPHANED (status names nodes no ComputeNode describes)"]
         lines += [f"  {o.workload} replica {o.replica} on {','.join(o.nodes)}" for o in plan.orphaned]

@@ -39,25 +39,7 @@ def test_precision_filter_and_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert "TOTAL (best precision per accelerator and domain):" in out
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--model-params", "0"], "--model-params must be positive"),
-        (["--model-params", "-5"], "--model-params must be positive"),
-    ],
-)
-def test_bad_numbers_exit_2(capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
-    code, out, err = run(capsys, "-f", str(EXAMPLES), *args)
-    assert (code, out) == (2, "")
-    assert message in err
-
-
-def test_an_unreadable_kubeconfig_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    bad = tmp_path / "kubeconfig"
-    bad.write_text("not: [a kubeconfig")
-    code, out, err = run(capsys, "--kubeconfig", str(bad))
-    assert (code, out) == (2, "")
-    assert err.startswith("cannot read the cluster:")
+# Bad flags and an unreadable kubeconfig: tests/badinput/ (model-params-*, capacity-*).
 
 
 def test_a_source_is_required() -> None:

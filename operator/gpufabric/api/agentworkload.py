@@ -12,9 +12,12 @@ from pydantic import BeforeValidator, Field, StringConstraints, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from gpufabric.api.common import (
+    ENV_NAME_PATTERN,
     GROUP_VERSION,
+    HTTP_PATH_PATTERN,
     MAX_LIST_ITEMS,
     MAX_MESSAGE_LENGTH,
+    NO_WHITESPACE_PATTERN,
     QUANTITY_PATTERN,
     RESOURCE_KEY_MESSAGE,
     RESOURCE_NAME_PATTERN,
@@ -40,6 +43,10 @@ from gpufabric.engines import PROFILES, Engine, profile
 from gpufabric.vendors import PLUGIN_OWNED_ENV, Precision, Vendor
 
 MAX_REPLICAS = 1000
+# Sizes the throughput model is meant for: below 100 M parameters per-token overheads, not weight reads,
+# bound a decode step and the predicted tokens/s would be fiction; above 20 T no model has been published.
+MIN_PARAMETERS_BILLIONS = 0.1
+MAX_PARAMETERS_BILLIONS = 20000.0
 MAX_DEVICES_PER_REPLICA = 512
 MAX_NODES_PER_REPLICA = 64
 # vLLM's OpenAI-compatible server listens on 8000 and serves /health and /metrics there
@@ -49,8 +56,8 @@ DEFAULT_HEALTH_PATH = "/health"
 DEFAULT_METRICS_PATH = "/metrics"
 AUTO: Literal["auto"] = "auto"
 
-HttpPath = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^/[^\s]*$")]
-EnvName = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")]
+HttpPath = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=HTTP_PATH_PATTERN)]
+EnvName = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=ENV_NAME_PATTERN)]
 
 
 # --- devicesPerReplica: "auto" or a number -----------------------------------------------------
@@ -131,7 +138,7 @@ class ResourceRequirements(WireModel):
 class KeySelector(WireModel):
     name: Name
     key: Annotated[str, StringConstraints(min_length=1, max_length=253)]
-    optional: bool | None = None
+    optional: Annotated[bool, Field(strict=True)] | None = None
 
 
 class FieldSelector(WireModel):
@@ -199,18 +206,18 @@ def _precision_keys(value: Any) -> Any:
     return value
 
 
-ModelPath = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[^\s]+$")]
+ModelPath = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=NO_WHITESPACE_PATTERN)]
 
 
 class ModelSpec(WireModel):
     """The model served. Its size and context decide how many devices one replica needs."""
 
-    name: Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[^\s]+$")] = Field(
+    name: Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=NO_WHITESPACE_PATTERN)] = Field(
         description="Model identifier the runtime loads, e.g. `meta-llama/Llama-3.1-70B-Instruct` or a path."
     )
-    parameters_billions: Annotated[float, Field(gt=0, le=20000)] = Field(
-        description="Parameter count in billions (total, for mixture-of-experts models)."
-    )
+    parameters_billions: Annotated[
+        float, Field(strict=True, ge=MIN_PARAMETERS_BILLIONS, le=MAX_PARAMETERS_BILLIONS)
+    ] = Field(description="Parameter count in billions (total, for mixture-of-experts models), from 0.1 to 20000.")
     context_length: Annotated[int, Field(strict=True, ge=256, le=10_000_000)] = Field(
         default=8192, description="Longest sequence (prompt + output) one request may use, in tokens."
     )
@@ -293,7 +300,7 @@ class Runtime(WireModel):
         "custom (the default, so manifests written before engines keep their meaning): `command` and `args` run "
         "as written, with the placement in GPUFABRIC_* environment variables.",
     )
-    image: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[^\s]+$")]
+    image: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=NO_WHITESPACE_PATTERN)]
     image_pull_policy: ImagePullPolicy | None = None
     command: Annotated[list[Annotated[str, StringConstraints(max_length=4096)]], Field(max_length=64)] = Field(
         default_factory=list
@@ -380,7 +387,7 @@ class Placement(WireModel):
 class Throughput(WireModel):
     """Token-throughput goal and the replica range an autoscaler may use to meet it."""
 
-    target_tokens_per_second: Annotated[float, Field(gt=0, le=1e9)] | None = Field(
+    target_tokens_per_second: Annotated[float, Field(strict=True, gt=0, le=1e9)] | None = Field(
         default=None, description="Generation tokens/s the fleet should sustain."
     )
     min_replicas: Annotated[int, Field(strict=True, ge=0, le=MAX_REPLICAS)] = 1
@@ -501,11 +508,11 @@ class AgentWorkloadSpec(WireModel):
 class ReplicaPlacement(WireModel):
     """Where one replica runs."""
 
-    replica: Annotated[int, Field(ge=0)]
+    replica: Annotated[int, Field(strict=True, ge=0)]
     vendor: Vendor
     accelerator: ShortText
     precision: Precision
-    devices_per_node: Annotated[int, Field(ge=1)]
+    devices_per_node: Annotated[int, Field(strict=True, ge=1)]
     nodes: Annotated[list[Name], Field(min_length=1, max_length=MAX_NODES_PER_REPLICA)] = Field(
         description="ComputeNodes of the replica, rank 0 first."
     )
@@ -531,10 +538,10 @@ class ReplicaPlacement(WireModel):
 class AgentWorkloadStatus(WireModel):
     """What the operator observed and decided. Written by the operator only."""
 
-    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    observed_generation: Annotated[int, Field(strict=True, ge=0)] | None = None
     conditions: Conditions = Field(default_factory=list)
-    replicas: Annotated[int, Field(ge=0)] = 0
-    ready_replicas: Annotated[int, Field(ge=0)] = 0
+    replicas: Annotated[int, Field(strict=True, ge=0)] = 0
+    ready_replicas: Annotated[int, Field(strict=True, ge=0)] = 0
     placements: Annotated[list[ReplicaPlacement], Field(max_length=MAX_REPLICAS)] = Field(default_factory=list)
     unschedulable_reason: Annotated[str, StringConstraints(max_length=MAX_MESSAGE_LENGTH)] | None = None
     selector: Annotated[str, StringConstraints(max_length=1024)] | None = Field(

@@ -81,6 +81,9 @@ class WireModel(BaseModel):
         populate_by_name=True,
         extra="forbid",
         frozen=True,
+        # JSON has no NaN or infinity, so the API server never stores them; YAML's .nan and .inf are refused
+        # here for the same reason instead of turning a bound check into a silent pass.
+        allow_inf_nan=False,
         json_schema_extra=_rules_into_schema,
     )
 
@@ -164,6 +167,36 @@ QUANTITY_PATTERN = (
 METRIC_NAME_PATTERN = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
 # Condition reasons, as metav1.Condition validates them.
 CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+# Free text that must be one token: images, model names and paths.
+NO_WHITESPACE_PATTERN = r"^[^\s]+$"
+HTTP_PATH_PATTERN = r"^/[^\s]*$"
+# What the kubelet accepts as a container env variable name.
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+RDMA_DEVICE_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+# A Multus network attachment: `name` or `namespace/name`.
+NETWORK_ATTACHMENT_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+# What each pattern allows, in words: error messages say this, never the regular expression.
+# tests/unit/test_objects.py checks that every pattern in the CRD schemas has an entry.
+PATTERN_MEANINGS: dict[str, str] = {
+    DNS_SUBDOMAIN_PATTERN: "a DNS subdomain: lowercase letters, digits, '-' and '.', "
+    "starting and ending with a letter or digit",
+    DNS_LABEL_PATTERN: "a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit",
+    RESOURCE_NAME_PATTERN: "a resource name such as cpu, memory, nvidia.com/gpu or hugepages-2Mi",
+    INTERFACE_PATTERN: "a network interface name: 1 to 15 of letters, digits, '_', '.', ':' and '-'",
+    LABEL_VALUE_PATTERN: "a label value: empty, or letters, digits, '-', '_' and '.', "
+    "starting and ending with a letter or digit",
+    LABEL_KEY_PATTERN: "a label key: an optional DNS-subdomain prefix and '/', then letters, digits, '-', '_' "
+    "and '.', starting and ending with a letter or digit",
+    QUANTITY_PATTERN: "a Kubernetes quantity such as 4, 500m or 64Gi",
+    METRIC_NAME_PATTERN: "a Prometheus metric name: letters, digits, '_' and ':', not starting with a digit",
+    CONDITION_REASON_PATTERN: "a CamelCase reason: letters, digits, '_', ',' and ':', starting with a letter",
+    NO_WHITESPACE_PATTERN: "non-empty text without whitespace",
+    HTTP_PATH_PATTERN: "an absolute HTTP path such as /metrics, without whitespace",
+    ENV_NAME_PATTERN: "an environment variable name: letters, digits, '-', '.' and '_', not starting with a digit",
+    RDMA_DEVICE_PATTERN: "an RDMA device name such as mlx5_0: letters, digits, '_', '.', ':' and '-'",
+    NETWORK_ATTACHMENT_PATTERN: "a NetworkAttachmentDefinition as `name` or `namespace/name` (DNS labels)",
+}
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH, pattern=DNS_SUBDOMAIN_PATTERN)]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH)]
@@ -213,7 +246,7 @@ class ObjectMeta(BaseModel):
     name: Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH, pattern=DNS_SUBDOMAIN_PATTERN)]
     namespace: Annotated[str, StringConstraints(max_length=63, pattern=DNS_LABEL_PATTERN)] | None = None
     uid: str | None = None
-    generation: int | None = None
+    generation: Annotated[int, Field(strict=True, ge=0)] | None = None
     resource_version: str | None = None
     creation_timestamp: datetime | None = None
     deletion_timestamp: datetime | None = None
@@ -235,7 +268,7 @@ class Condition(WireModel):
 
     type: Annotated[str, StringConstraints(min_length=1, max_length=316)]
     status: ConditionStatus
-    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    observed_generation: Annotated[int, Field(strict=True, ge=0)] | None = None
     last_transition_time: datetime
     reason: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=CONDITION_REASON_PATTERN)]
     message: Annotated[str, StringConstraints(max_length=MAX_MESSAGE_LENGTH)] = ""

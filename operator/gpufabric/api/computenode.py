@@ -9,9 +9,12 @@ from pydantic import Field, StringConstraints
 
 from gpufabric import vendors
 from gpufabric.api.common import (
+    DNS_LABEL_PATTERN,
     GROUP_VERSION,
     INTERFACE_PATTERN,
     MAX_LIST_ITEMS,
+    NETWORK_ATTACHMENT_PATTERN,
+    RDMA_DEVICE_PATTERN,
     SET_LIST,
     UNIQUE,
     Conditions,
@@ -39,7 +42,7 @@ _CEL_MODELS_BY_VENDOR = (
     "{" + ", ".join(f"'{v}': {cel_list([a.name for a in vendors.accelerators_of(v)])}" for v in Vendor) + "}"
 )
 
-DomainName = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+DomainName = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN)]
 
 
 class Fabric(WireModel):
@@ -59,13 +62,13 @@ class Nic(WireModel):
     interface: Annotated[str, StringConstraints(pattern=INTERFACE_PATTERN)] = Field(
         description="Linux network interface (netdev) name, e.g. `ens1f0` or `net1` inside a Multus pod."
     )
-    rdma_device: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")] = Field(
+    rdma_device: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=RDMA_DEVICE_PATTERN)] = Field(
         description="RDMA device (ibdev) name, e.g. `mlx5_0`; NCCL_IB_HCA takes these names."
     )
     gid_index: Annotated[int, Field(strict=True, ge=0, le=255)] = Field(
         default=DEFAULT_GID_INDEX, description="GID index selecting RoCE v2 (3 on most ConnectX setups)."
     )
-    bandwidth_gbps: Annotated[float, Field(gt=0, le=3200)] | None = Field(
+    bandwidth_gbps: Annotated[float, Field(strict=True, gt=0, le=3200)] | None = Field(
         default=None, description="Line rate in Gbit/s, e.g. 200 or 400."
     )
 
@@ -82,7 +85,7 @@ class ComputeNodeSpec(WireModel):
     devices: Annotated[int, Field(strict=True, ge=1, le=MAX_DEVICES_PER_NODE)] = Field(
         description="Accelerators in this node that the operator may allocate."
     )
-    memory_gib: Annotated[float, Field(gt=0, le=4096)] | None = Field(
+    memory_gib: Annotated[float, Field(strict=True, gt=0, le=4096)] | None = Field(
         default=None,
         alias="memoryGiB",
         description="Memory per device in GiB. Defaults to the vendor table's figure for known accelerators; "
@@ -120,7 +123,7 @@ class ComputeNodeSpec(WireModel):
             StringConstraints(
                 min_length=1,
                 max_length=253,
-                pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                pattern=NETWORK_ATTACHMENT_PATTERN,
             ),
         ]
         | None
@@ -134,7 +137,7 @@ class ComputeNodeSpec(WireModel):
         description="Labels AgentWorkloads select on (merged over metadata.labels; these win).",
     )
     unschedulable: bool = Field(
-        default=False, description="Cordon: place nothing new here and move existing replicas away."
+        strict=True, default=False, description="Cordon: place nothing new here and move existing replicas away."
     )
 
     crd_rules = (
@@ -201,16 +204,16 @@ class NodeWorkload(WireModel):
 
     namespace: Annotated[str, StringConstraints(min_length=1, max_length=63)]
     name: Name
-    devices: Annotated[int, Field(ge=0)]
+    devices: Annotated[int, Field(strict=True, ge=0)]
 
 
 class ComputeNodeStatus(WireModel):
     """What the operator observed. Written by the operator only."""
 
-    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    observed_generation: Annotated[int, Field(strict=True, ge=0)] | None = None
     conditions: Conditions = Field(default_factory=list)
-    allocated_devices: Annotated[int, Field(ge=0)] = 0
-    free_devices: Annotated[int, Field(ge=0)] = 0
+    allocated_devices: Annotated[int, Field(strict=True, ge=0)] = 0
+    free_devices: Annotated[int, Field(strict=True, ge=0)] = 0
     workloads: Annotated[list[NodeWorkload], Field(max_length=MAX_LIST_ITEMS * 4)] = Field(default_factory=list)
     tokens_per_second: TokensPerSecond | None = None
 

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from gpufabric.api.common import WireModel
 
-NonNegativeRate = Annotated[float, Field(ge=0)]
+NonNegativeRate = Annotated[float, Field(strict=True, ge=0)]
 
 
 class TokensPerSecond(WireModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -34,11 +35,31 @@ class Weights:
     scan_limit: int = 32
 
     def __post_init__(self) -> None:
-        for name in ("vendor_preference_decay", "precision_preference_decay"):
-            if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in (0, 1]")
-        for name in ("packing", "domain_packing", "spread", "scarcity"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative")
-        if self.scan_limit < 1:
-            raise ValueError("scan_limit must be at least 1")
+        for name, (low, high, low_open) in RANGES.items():
+            value = getattr(self, name)
+            expected = int if name == "scan_limit" else (int, float)
+            if isinstance(value, bool) or not isinstance(value, expected):
+                raise ValueError(f"{name} must be {'an integer' if expected is int else 'a number'}")
+            if not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
+                raise ValueError(f"{name} must be {describe_range(name)}")
+
+
+# (lowest, highest, lowest excluded) of each weight. The decays are multipliers of value; the other terms are
+# fractions of a candidate's value (above 1 a tie-breaker would outweigh the candidate itself); scarcity
+# scales shadow prices, where beyond 100 every contended node looks unaffordable.
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "vendor_preference_decay": (0.0, 1.0, True),
+    "precision_preference_decay": (0.0, 1.0, True),
+    "packing": (0.0, 1.0, False),
+    "domain_packing": (0.0, 1.0, False),
+    "spread": (0.0, 1.0, False),
+    "scarcity": (0.0, 100.0, False),
+    "scan_limit": (1, 100_000, False),
+}
+
+
+def describe_range(name: str) -> str:
+    low, high, low_open = RANGES[name]
+    if name == "scan_limit":
+        return f"an integer from {low:g} to {high:,.0f}"
+    return f"a number {'above' if low_open else 'from'} {low:g} {'and at most' if low_open else 'to'} {high:g}"
