@@ -79,6 +79,7 @@ e2e: install tools
 
 bench: install
 	$(BIN)/python benchmarks/placement.py --quick
+	$(BIN)/python benchmarks/manifests.py --quick
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .pytest_cache .ruff_cache .hypothesis

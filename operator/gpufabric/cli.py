@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import yaml
@@ -72,7 +74,8 @@ def _load_or_report(args: argparse.Namespace) -> Fleet | None:
     is a terminal (a CI log wants the answer, not a ticker); other kinds skipped are said on stderr."""
     progress = _progress_line if sys.stderr.isatty() else None
     try:
-        fleet = load(args.filename, allow_empty=args.allow_empty, progress=progress)
+        with _objects_kept():
+            fleet = load(args.filename, allow_empty=args.allow_empty, progress=progress)
     except ManifestError as error:
         _clear_progress(progress)
         count = len(error.problems)
@@ -85,6 +88,21 @@ def _load_or_report(args: argparse.Namespace) -> Fleet | None:
     if skipped:
         print(skipped, file=sys.stderr)
     return fleet
+
+
+@contextlib.contextmanager
+def _objects_kept() -> Iterator[None]:
+    """Reading builds millions of objects that all live until the command ends. The cyclic collector
+    would scan them again and again as they pile up (a 20,000-node fleet read 4x slower with it on); it is
+    paused while reading, and what was read is then frozen out of its view."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if was_enabled:
+            gc.enable()
 
 
 def _progress_line(text: str) -> None:

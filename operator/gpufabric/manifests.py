@@ -18,6 +18,7 @@ unless the caller allows it.
 from __future__ import annotations
 
 import difflib
+import io
 import itertools
 import sys
 import time
@@ -29,6 +30,7 @@ from typing import IO, Any
 
 import yaml
 
+from gpufabric import yamlload
 from gpufabric.api.agentworkload import AgentWorkload
 from gpufabric.api.common import API_GROUP
 from gpufabric.api.computenode import ComputeNode
@@ -43,8 +45,6 @@ MAX_VALUES = 100_000
 MAX_LIST_ITEMS = 1_000_000
 # One file; a 20,000-node fleet is about 50 MB.
 MAX_FILE_BYTES = 512 << 20
-# libyaml when PyYAML was built with it (9x faster than the pure-Python parser on large fleets).
-_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True)
@@ -72,31 +72,6 @@ class ManifestError(Exception):
         self.problems = problems
 
 
-class DuplicateKeyError(yaml.YAMLError):
-    def __init__(self, key: Any, first: int, again: int) -> None:
-        super().__init__(f"key {key!r} is given twice, on lines {first} and {again}")
-
-
-class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
-    """PyYAML's safe loader (libyaml's parser where available) that refuses a key given twice."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        # Checked on the nodes before the constructor flattens `<<: *defaults` merges into them (a key that
-        # overrides a merged default is by design). Keys are compared as resolved scalars: `1` and `"1"`
-        # differ, as they do for the API server.
-        lines: dict[tuple[str, str], int] = {}
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = (key_node.tag, key_node.value)
-            line = key_node.start_mark.line + 1
-            if key in lines:
-                raise DuplicateKeyError(key_node.value, lines[key], line)
-            lines[key] = line
-        result: dict[Any, Any] = super().construct_mapping(node, deep=deep)
-        return result
-
-
 def manifest_files(paths: Iterable[str | Path]) -> list[Path]:
     """Files named, and the manifest files directories hold (recursively, sorted for a stable order).
     `-` is standard input."""
@@ -118,16 +93,33 @@ def manifest_files(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def _read(path: Path, stdin: IO[str] | None) -> str:
-    """The file's text; more than MAX_FILE_BYTES is refused before it is read whole."""
+def _open(path: Path, stdin: IO[str] | None) -> IO[bytes]:
+    """The file as a byte stream: libyaml reads it in chunks and decodes it itself, so a large fleet's text
+    is never held whole (a 20,000-node file is 35 MB, twice that as text and its UTF-8 copy); more than
+    MAX_FILE_BYTES is refused before reading. Standard input is read up to the bound."""
     if str(path) == STDIN:
-        text = (stdin or sys.stdin).read(MAX_FILE_BYTES + 1)
-        if len(text) > MAX_FILE_BYTES:
+        source = stdin or sys.stdin
+        buffer = getattr(source, "buffer", None)
+        data = buffer.read(MAX_FILE_BYTES + 1) if buffer is not None else source.read(MAX_FILE_BYTES + 1).encode()
+        if len(data) > MAX_FILE_BYTES:
             raise _TooLargeError
-        return text
+        return io.BytesIO(data)
     if path.stat().st_size > MAX_FILE_BYTES:
         raise _TooLargeError
-    return path.read_text(encoding="utf-8")
+    return path.open("rb")
+
+
+def _unreadable_text(data: bytes, position: int, reason: str) -> str:
+    """`not UTF-8 text: line 4 has the byte 0xff` from libyaml's byte position in `data`."""
+    line = data[:position].count(b"\n") + 1
+    if "UTF-8" in reason and position < len(data):
+        return f"not UTF-8 text: line {line} has the byte 0x{data[position]:02x}"
+    return f"line {line}: {reason}"
+
+
+def _head(path: Path, size: int) -> bytes:
+    with path.open("rb") as file:
+        return file.read(size)
 
 
 class _TooLargeError(Exception):
@@ -146,28 +138,36 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return str(error).replace("\n", " ")
 
 
-def _documents(path: Path, stdin: IO[str] | None) -> Iterator[tuple[str, Any]]:
+def _documents(path: Path, stdin: IO[str] | None) -> Iterator[tuple[str, yamlload.Loaded]]:
     """(where, document) for each YAML document in the file, read one at a time; `kind: List` is unpacked.
     A file that stops being readable part-way raises ManifestError after the documents before it."""
     name = "<stdin>" if str(path) == STDIN else str(path)
+    stdin_bytes: bytes | None = None
     try:
-        stream = yaml.load_all(_read(path, stdin), Loader=_Loader)
-        # One document ahead, to know whether to number them.
-        ahead = [document for _, document in zip(range(2), stream, strict=False)]
-        several = len(ahead) > 1
-        for index, document in enumerate(itertools.chain(ahead, stream), start=1):
-            where = f"{name} (document {index})" if several else name
-            yield from _unpacked(where, document)
+        with _open(path, stdin) as raw:
+            if isinstance(raw, io.BytesIO):
+                stdin_bytes = raw.getvalue()
+            stream = yamlload.load_all(raw, max_depth=MAX_DEPTH)
+            # One document ahead, to know whether to number them.
+            ahead = list(itertools.islice(stream, 2))
+            several = len(ahead) > 1
+            for index, loaded in enumerate(itertools.chain(ahead, stream), start=1):
+                where = f"{name} (document {index})" if several else name
+                for item_where, item in _unpacked(where, loaded.document):
+                    yield item_where, loaded._replace(document=item)
     except OSError as error:
         raise ManifestError([f"{name}: cannot read: {error.strerror or error}"]) from None
-    except UnicodeDecodeError as error:
-        line = error.object[: error.start].count(b"\n") + 1
-        byte = error.object[error.start]
-        raise ManifestError([f"{name}: not UTF-8 text: line {line} has the byte 0x{byte:02x}"]) from None
+    except yaml.reader.ReaderError as error:
+        # Bytes libyaml does not accept as text (not UTF-8, control characters): say on which line. The
+        # stream is gone; a file is read again up to the position (this error only), stdin kept its bytes.
+        data = stdin_bytes if stdin_bytes is not None else _head(path, error.position + 1)
+        raise ManifestError([f"{name}: {_unreadable_text(data, error.position, error.reason)}"]) from None
     except _TooLargeError:
         raise ManifestError([f"{name}: larger than {MAX_FILE_BYTES >> 20} MiB: split it into several files"]) from None
-    except DuplicateKeyError as error:
+    except yamlload.DuplicateKeyError as error:
         raise ManifestError([f"{name}: {error}"]) from None
+    except yamlload.TooDeepError as error:
+        raise ManifestError([f"{name}: {_yaml_problem(error)}"]) from None
     except yaml.YAMLError as error:
         raise ManifestError([f"{name}: not valid YAML: {_yaml_problem(error)}"]) from None
     except RecursionError:  # the pure-Python parser, when libyaml is missing
@@ -211,7 +211,9 @@ def _is_ours(document: Mapping[str, Any]) -> bool:
     A group one typo away (`gpufabrc.io`) counts as ours too."""
     api_version = document.get("apiVersion")
     group = api_version.split("/", 1)[0] if isinstance(api_version, str) else ""
-    return document.get("kind") in KINDS or bool(difflib.get_close_matches(group, [API_GROUP], n=1, cutoff=0.8))
+    kind = document.get("kind")
+    ours = isinstance(kind, str) and kind in KINDS
+    return ours or bool(difflib.get_close_matches(group, [API_GROUP], n=1, cutoff=0.8))
 
 
 class _Collector:
@@ -230,8 +232,9 @@ class _Collector:
             f"{len(self.nodes):,} ComputeNodes, {len(self.workloads):,} AgentWorkloads, {len(self.problems):,} problems"
         )
 
-    def add(self, where: str, document: Any) -> None:
-        parsed = self._parse(where, document)
+    def add(self, where: str, loaded: yamlload.Loaded) -> None:
+        document = loaded.document
+        parsed = self._parse(where, loaded)
         if parsed is None:
             return
         key = (parsed.kind, parsed.key if isinstance(parsed, AgentWorkload) else parsed.name)
@@ -252,12 +255,14 @@ class _Collector:
         self._described_nodes[node_name] = f"ComputeNode {parsed.name}"
         self.nodes.append(parsed)
 
-    def _parse(self, where: str, document: Any) -> ComputeNode | AgentWorkload | None:
-        """The object, or None with the reason recorded (a problem, or a skipped kind)."""
+    def _parse(self, where: str, loaded: yamlload.Loaded) -> ComputeNode | AgentWorkload | None:
+        """The object, or None with the reason recorded (a problem, or a skipped kind). Without aliases a
+        document is no bigger or deeper than its text, which the loader bounds."""
+        document = loaded.document
         if not isinstance(document, Mapping):
             self.problems.append(f"{where}: expected a Kubernetes object, found {type(document).__name__}")
             return None
-        shape = too_big(document)
+        shape = too_big(document) if loaded.aliased else None
         if shape is not None:
             self.problems.append(f"{where}: {describe(document)}: {shape}")
             return None
@@ -269,7 +274,7 @@ class _Collector:
                 self.problems.append(f"{where}: not a Kubernetes object: it needs apiVersion and kind")
             return None
         try:
-            return parse(document)
+            return parse(document, nulls=loaded.nulls)
         except InvalidObjectError as error:
             self.problems.extend(f"{where}: {error.what}: {problem}" for problem in error.problems)
             return None
@@ -294,8 +299,8 @@ def load(
     started = last_report = time.monotonic()
     for number, path in enumerate(files, start=1):
         try:
-            for where, document in _documents(path, stdin):
-                collector.add(where, document)
+            for where, loaded in _documents(path, stdin):
+                collector.add(where, loaded)
                 now = time.monotonic()
                 if progress is not None and now - started > 1.0 and now - last_report > 1.0:
                     last_report = now

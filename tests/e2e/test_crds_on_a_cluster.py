@@ -15,7 +15,9 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from gpufabric.api import crdgen
+from gpufabric.api import AgentWorkload, crdgen
+from gpufabric.api.objects import parse
+from gpufabric.vendors import Vendor
 from support.controlplane import ROOT, ControlPlane
 from support.realcluster import GROUP, VERSION, Reader
 
@@ -103,3 +105,38 @@ def test_invalid_manifest_is_refused_as_its_header_states(
         create(plural, document, **strict)
     assert caught.value.status == (400 if expected[0].startswith("<request>") else 422)
     assert causes(caught.value) == expected
+
+
+def test_a_null_the_schema_does_not_allow_is_pruned_as_the_models_prune_it(
+    plane: ControlPlane, crds: None, admin: client.ApiClient
+) -> None:
+    """`replicas: null` means the default and `labels: {a: null}` drops the label, on the server as in
+    `gpufabric validate`; a null the schema allows (nullable) stays null."""
+    ensure_namespace(plane, "agents")
+    document: dict[str, Any] = {
+        "apiVersion": "gpufabric.io/v1alpha1",
+        "kind": "AgentWorkload",
+        "metadata": {"name": "nulls", "namespace": "agents"},
+        "spec": {
+            "model": {"name": "m", "parametersBillions": 8, "contextLength": None},
+            "replicas": None,
+            "vendorPreference": None,
+            "runtimes": {"nvidia": {"image": "vllm/vllm-openai:v0.11.0", "port": None}},
+            "placement": {"nodeSelector": {"matchLabels": {"pool": None, "zone": "a"}}},
+        },
+    }
+    custom: Any = client.CustomObjectsApi(admin)
+    stored = custom.create_namespaced_custom_object(
+        GROUP, VERSION, "agents", "agentworkloads", copy.deepcopy(document), dry_run="All", field_validation="Strict"
+    )
+    parsed = parse(document)
+    assert isinstance(parsed, AgentWorkload)
+    assert stored["spec"]["replicas"] == parsed.spec.replicas == 1
+    assert stored["spec"]["model"]["contextLength"] == parsed.spec.model.context_length
+    assert stored["spec"]["runtimes"]["nvidia"]["port"] == parsed.spec.runtimes[Vendor.NVIDIA].port
+    assert stored["spec"]["placement"]["nodeSelector"]["matchLabels"] == {"zone": "a"}
+    assert parsed.spec.placement is not None
+    assert parsed.spec.placement.node_selector is not None
+    assert parsed.spec.placement.node_selector.match_labels == {"zone": "a"}
+    assert stored["spec"]["vendorPreference"] is None
+    assert parsed.spec.vendor_preference is None

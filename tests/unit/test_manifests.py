@@ -3,6 +3,7 @@ bad input loads nothing."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,76 @@ def test_validate_command_summarises_the_examples(capsys: pytest.CaptureFixture[
     examples = Path(__file__).resolve().parents[2] / "examples"
     assert main(["validate", "-f", str(examples)]) == 0
     assert capsys.readouterr().out == "valid: 20 ComputeNodes (160 devices), 5 AgentWorkloads\n"
+
+
+def test_other_kinds_are_counted_and_named(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "mixed.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n"
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n---\n"
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n---\n" + NODE.format(name="n", node="n"),
+    )
+    fleet = load([path])
+    assert fleet.skipped == ("Namespace", "Secret", "Namespace")
+    assert fleet.skipped_summary() == "skipped 3 objects of other kinds (Namespace, Secret)"
+
+
+def test_no_object_is_an_error_unless_allowed(tmp_path: Path) -> None:
+    path = write(tmp_path, "empty.yaml", "# nothing yet\n")
+    assert problems_of(path) == [
+        f"{path}: no ComputeNode or AgentWorkload found; pass --allow-empty if that is expected"
+    ]
+    assert load([path], allow_empty=True).nodes == ()
+
+
+def test_a_null_the_crd_does_not_allow_means_the_default(tmp_path: Path) -> None:
+    """The API server prunes such nulls before defaulting (seen on v1.36); so do we."""
+    path = write(tmp_path, "chat.yaml", WORKLOAD.replace("REPLICAS", "null") + "  vendorPreference: null\n")
+    (workload,) = load([path]).workloads
+    assert workload.spec.replicas == 1
+    assert workload.spec.vendor_preference is None
+
+
+def test_a_file_over_the_size_bound_is_refused_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "big.yaml", NODE.format(name="n", node="n"))
+    monkeypatch.setattr("gpufabric.manifests.MAX_FILE_BYTES", 100)
+    assert problems_of(path) == [f"{path}: larger than 0 MiB: split it into several files"]
+
+
+def test_stdin_is_read_for_a_dash() -> None:
+    fleet = load(["-"], stdin=io.StringIO(NODE.format(name="n", node="n")))
+    assert [n.name for n in fleet.nodes] == ["n"]
+
+
+def test_progress_is_reported_while_a_long_read_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "nodes.yaml", "---\n".join(NODE.format(name=f"n{i}", node=f"n{i}") for i in range(5)))
+    clock = iter(float(second) for second in range(0, 100, 2))
+    monkeypatch.setattr("gpufabric.manifests.time.monotonic", lambda: next(clock))
+    lines: list[str] = []
+    load([path], progress=lines.append)
+    assert lines
+    assert lines[-1].startswith("reading file 1/1: ")
+    assert "ComputeNodes" in lines[-1]
+
+
+def test_placements_beyond_a_node_are_reported_with_every_claim(tmp_path: Path) -> None:
+    placement = (
+        "status:\n  placements:\n    - {replica: 0, vendor: nvidia, accelerator: H100-SXM5-80GB, precision: BF16, "
+        "devicesPerNode: 6, nodes: [gpu-1]}\n"
+    )
+    path = write(
+        tmp_path,
+        "fleet.yaml",
+        NODE.format(name="gpu-1", node="gpu-1")
+        + "---\n"
+        + WORKLOAD.replace("REPLICAS", "1")
+        + placement
+        + "---\n"
+        + WORKLOAD.replace("REPLICAS", "1").replace("name: chat", "name: chat-2")
+        + placement,
+    )
+    assert problems_of(path) == [
+        "ComputeNode gpu-1 has 8 devices, but status.placements claim 12 of them "
+        "(AgentWorkload agents/chat replica 0: 6; AgentWorkload agents/chat-2 replica 0: 6)"
+    ]

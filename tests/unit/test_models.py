@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from gpufabric.api import AgentWorkload, ComputeNode
-from gpufabric.api.common import LabelSelector
+from gpufabric.api import AgentWorkload, ComputeNode, crdgen
+from gpufabric.api.common import PATTERN_MEANINGS, LabelSelector
 from gpufabric.api.objects import InvalidObjectError, parse
 from gpufabric.vendors import Precision, Vendor
 
@@ -177,3 +177,35 @@ def test_every_problem_is_reported_at_once() -> None:
         parse(document)
     paths = sorted(problem.split(":")[0] for problem in caught.value.problems)
     assert paths == ["spec.model.parametersBillions", "spec.nodesPerReplica", "spec.replicas"]
+
+
+def _patterns(node: object) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["pattern"]] if isinstance(node.get("pattern"), str) else []
+        return found + [p for child in node.values() for p in _patterns(child)]
+    if isinstance(node, list):
+        return [p for child in node for p in _patterns(child)]
+    return []
+
+
+def test_every_pattern_in_the_crds_is_explained_in_words() -> None:
+    """A refused value is answered with what is allowed, never with a regular expression."""
+    patterns = {p for crd in crdgen.all_definitions().values() for p in _patterns(crd)}
+    assert patterns
+    unexplained = sorted(patterns - set(PATTERN_MEANINGS))
+    assert not unexplained, f"patterns without words in api/common.PATTERN_MEANINGS: {unexplained}"
+
+
+def test_a_pattern_mismatch_says_what_is_allowed() -> None:
+    with pytest.raises(InvalidObjectError) as caught:
+        parse(
+            {
+                "apiVersion": "gpufabric.io/v1alpha1",
+                "kind": "ComputeNode",
+                "metadata": {"name": "n"},
+                "spec": {"nodeName": "N_1", "vendor": "nvidia", "accelerator": "B200", "devices": 8},
+            }
+        )
+    (problem,) = caught.value.problems
+    assert problem.startswith("spec.nodeName: must be a DNS subdomain: lowercase letters")
+    assert "^[" not in problem

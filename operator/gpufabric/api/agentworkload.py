@@ -229,6 +229,18 @@ class ModelSpec(WireModel):
         description="Attention shape for exact KV-cache sizing; estimated from parametersBillions when unset.",
     )
 
+    crd_rules = (
+        # The schema's `minimum: 0.1` does not refuse 0: kube-openapi compares an integer value with the
+        # bound truncated to an integer (seen on v1.36). The rule does; here `ge` refuses first.
+        Rule(
+            # double(): celpy, which the tests check rules with, reads an integer value as an int.
+            cel=f"double(self.parametersBillions) >= {MIN_PARAMETERS_BILLIONS}",
+            holds=lambda m: m.parameters_billions >= MIN_PARAMETERS_BILLIONS,
+            message=f"parametersBillions must be at least {MIN_PARAMETERS_BILLIONS} (100 million parameters)",
+            field_path=".parametersBillions",
+        ),
+    )
+
 
 class ImagePullPolicy(StrEnum):
     ALWAYS = "Always"

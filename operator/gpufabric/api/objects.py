@@ -7,6 +7,7 @@ does (`spec.throughput.minReplicas: ...`), so the same mistake reads the same he
 from __future__ import annotations
 
 import difflib
+import functools
 import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from gpufabric.api import crdgen
 from gpufabric.api.agentworkload import AgentWorkload
 from gpufabric.api.common import GROUP_VERSION, PATTERN_MEANINGS, camel_path
 from gpufabric.api.computenode import ComputeNode
@@ -70,8 +72,11 @@ def shown(value: Any) -> str:
     return _SHOWN.repr(value)
 
 
-def parse(document: Mapping[str, Any]) -> ApiObject:
-    """Validate one gpufabric.io object. Raises InvalidObjectError listing every problem found."""
+def parse(document: Mapping[str, Any], *, nulls: bool = True) -> ApiObject:
+    """Validate one gpufabric.io object. Raises InvalidObjectError listing every problem found.
+
+    A null where the CRD does not allow one is dropped first, as the API server does before defaulting
+    (`replicas: null` means the default, not an error); `nulls=False` says the document has none."""
     what = describe(document)
     if document.get("apiVersion") != GROUP_VERSION:
         raise InvalidObjectError(
@@ -91,10 +96,38 @@ def parse(document: Mapping[str, Any]) -> ApiObject:
                 + ", ".join(repr(k) for k in _closest_first(kind)),
             ),
         )
+    if nulls:
+        document = _without_pruned_nulls(_schema_of(kind), document)
     try:
         return model.model_validate(dict(document))
     except ValidationError as error:
         raise InvalidObjectError(what, tuple(problems(error))) from None
+
+
+@functools.cache
+def _schema_of(kind: str) -> Mapping[str, Any]:
+    return crdgen.object_schema(next(k for k in crdgen.KINDS if k.kind == kind))
+
+
+def _without_pruned_nulls(schema: Mapping[str, Any], value: Any) -> Any:
+    """`value` without the nulls the API server prunes: object fields and map values whose schema is not
+    `nullable`. List items are kept (the server keeps them, and refuses them if they are not allowed)."""
+    if isinstance(value, Mapping):
+        properties = schema.get("properties", {})
+        additional = schema.get("additionalProperties")
+        result = {}
+        for key, child in value.items():
+            child_schema = properties.get(key, additional if isinstance(additional, Mapping) else None)
+            if child_schema is None:
+                result[key] = child  # not in the schema: refused as an unknown field, null or not
+            elif child is None and not child_schema.get("nullable", False):
+                continue
+            else:
+                result[key] = _without_pruned_nulls(child_schema, child)
+        return result
+    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        return [_without_pruned_nulls(schema["items"], item) for item in value]
+    return value
 
 
 def _closest_first(kind: Any) -> list[str]:
