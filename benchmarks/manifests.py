@@ -8,9 +8,10 @@ their RoCE NICs) cloned as often as it takes, 16 copies to a RoCE domain, and wr
 file the way `kubectl get computenodes -o yaml` prints it (server metadata, kubectl's last-applied
 annotation, the operator's status); the workloads are the examples' five, cloned to the replica count.
 
-Baseline, in the same run: the same file read by PyYAML's pure-Python SafeLoader (what the command used
-before), load only, no validation — on sizes up to --baseline-max (it takes minutes beyond). The ratio
-column is baseline load time / our whole validate. Peak memory is the child process's maximum RSS.
+Baselines, in the same run, each loading the same file in a fresh process, load only (no validation):
+PyYAML's CSafeLoader (libyaml; `yaml.load_all` as a program would call it) and its pure-Python SafeLoader
+(what `validate` used before), the latter on sizes up to --baseline-max (it takes minutes beyond). Each
+ratio is that baseline's load time / our whole `validate`. Peak memory is the child process's maximum RSS.
 Aim (issue 12): 20,000 nodes validated and planned in under 20 s and under 300 MB.
 """
 
@@ -123,12 +124,13 @@ def run(args: list[str]) -> tuple[float, float, int]:
     return elapsed, usage.ru_maxrss / 1024, process.returncode
 
 
-def baseline_load(path: Path) -> float:
-    """Seconds PyYAML's pure-Python SafeLoader takes to load the file (load only)."""
+def baseline_load(path: Path, loader: str) -> float:
+    """Seconds PyYAML's `loader` (SafeLoader, pure Python; CSafeLoader, libyaml) takes to load the file,
+    load only, in a fresh process."""
     code = (
         "import sys, yaml; "
         "text = open(sys.argv[1], encoding='utf-8').read(); "
-        "list(yaml.load_all(text, Loader=yaml.SafeLoader))"
+        f"list(yaml.load_all(text, Loader=yaml.{loader}))"
     )
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", code, str(path)], check=True)
@@ -146,7 +148,7 @@ def main() -> int:
     replicas = 100 if options.quick else options.replicas
     print(
         f"{'nodes':>7} {'replicas':>8} {'file MB':>8} {'validate s':>10} {'plan s':>7} {'peak MB':>8} "
-        f"{'baseline s':>10} {'ratio':>6}"
+        f"{'C load s':>8} {'ratio':>6} {'Py load s':>9} {'ratio':>6}"
     )
     failures: list[str] = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -160,11 +162,12 @@ def main() -> int:
             plan_s, plan_mb, plan_code = run(["plan", "-f", str(path), "-o", "json"])
             if validate_code or plan_code:
                 failures.append(f"{size} nodes: validate exited {validate_code}, plan {plan_code}")
-            baseline = baseline_load(path) if size <= options.baseline_max else None
-            ratio = f"{baseline / validate_s:5.1f}x" if baseline else "-"
+            c_load = baseline_load(path, "CSafeLoader")
+            py_load = baseline_load(path, "SafeLoader") if size <= options.baseline_max else None
             print(
                 f"{size:>7,} {replicas:>8,} {megabytes:>8.1f} {validate_s:>10.2f} {plan_s:>7.2f} "
-                f"{max(validate_mb, plan_mb):>8.0f} {f'{baseline:.2f}' if baseline else '-':>10} {ratio:>6}",
+                f"{max(validate_mb, plan_mb):>8.0f} {c_load:>8.2f} {c_load / validate_s:>5.1f}x "
+                f"{f'{py_load:.2f}' if py_load else '-':>9} {f'{py_load / validate_s:.1f}x' if py_load else '-':>6}",
                 flush=True,
             )
             if size == TARGET_SIZE:
