@@ -8,6 +8,8 @@ What the API server refuses is refused here too, never dropped or coerced:
   error naming the one supported value — it would otherwise vanish and change every total silently;
 - a key given twice in one mapping is an error naming both lines (YAML parsers keep the last one);
 - scalars keep their YAML type (the models are strict: `"70"` is not a number, `"yes"` not a boolean);
+- a null the CRD does not allow is dropped before validation, as the API server prunes it (the default
+  applies);
 - depth and size are bounded, aliases included, so a small file cannot expand into gigabytes;
 - `status.placements` are checked like the operator's ledger: a replica claiming devices a node does not
   have, an accelerator the node is not, or devices another replica holds, is reported with both claims.
@@ -43,7 +45,7 @@ STDIN = "-"
 MAX_DEPTH = 64
 MAX_VALUES = 100_000
 MAX_LIST_ITEMS = 1_000_000
-# One file; a 20,000-node fleet is about 50 MB.
+# One file; 20,000 ComputeNodes as `kubectl get -o yaml` prints them are 35-50 MB.
 MAX_FILE_BYTES = 512 << 20
 
 
