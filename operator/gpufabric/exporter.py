@@ -126,23 +126,36 @@ class FleetCollector(Collector):
         snapshot = fleet_snapshot(state.compute_nodes.values(), state.nodes, replicas_of(state.pods))
         devices = GaugeMetricFamily(
             "gpufabric_devices",
-            "Accelerators by state: allocated, free, unavailable (on nodes that are not Ready or cordoned).",
-            labels=["vendor", "accelerator", "state"],
+            "Accelerators by state: allocated, free, unavailable (on nodes that are not Ready or cordoned), per "
+            "RoCE domain (empty for nodes outside the fabric).",
+            labels=["vendor", "accelerator", "roce_domain", "state"],
         )
-        counts: Tally[tuple[str, str, str]] = Tally()
+        counts: Tally[tuple[str, str, str, str]] = Tally()
         for node in snapshot.nodes.values():
             vendor, accelerator = node.node_class.vendor.value, node.node_class.accelerator
+            domain = node.domain or ""
             allocated = node.node_class.devices - node.free
-            counts[(vendor, accelerator, "allocated")] += allocated
-            counts[(vendor, accelerator, "free" if node.schedulable else "unavailable")] += node.free
+            counts[(vendor, accelerator, domain, "allocated")] += allocated
+            counts[(vendor, accelerator, domain, "free" if node.schedulable else "unavailable")] += node.free
         for labels in sorted(counts):
             devices.add_metric(list(labels), counts[labels])
         yield devices
+        yield from _compute_nodes(state)
 
         replicas = GaugeMetricFamily(
             "gpufabric_replicas",
             "Replicas by state: desired, placed, ready.",
             labels=["namespace", "workload", "state"],
+        )
+        targets = GaugeMetricFamily(
+            "gpufabric_throughput_target_tokens_per_second",
+            "spec.throughput.targetTokensPerSecond of AgentWorkloads that set one (generation tokens/s).",
+            labels=["namespace", "workload"],
+        )
+        unschedulable_workload = GaugeMetricFamily(
+            "gpufabric_workload_unschedulable",
+            "1 while an AgentWorkload has replicas no node can take (Placed=False, Unschedulable), else 0.",
+            labels=["namespace", "workload"],
         )
         unschedulable = 0
         for _, workload in sorted(state.workloads.items()):
@@ -151,8 +164,15 @@ class FleetCollector(Collector):
             replicas.add_metric([namespace, name, "desired"], workload.spec.replicas)
             replicas.add_metric([namespace, name, "placed"], len(status.placements) if status else 0)
             replicas.add_metric([namespace, name, "ready"], status.ready_replicas if status else 0)
-            unschedulable += _unschedulable(workload)
+            refused = _unschedulable(workload)
+            unschedulable_workload.add_metric([namespace, name], refused)
+            unschedulable += refused
+            throughput = workload.spec.throughput
+            if throughput is not None and throughput.target_tokens_per_second is not None:
+                targets.add_metric([namespace, name], throughput.target_tokens_per_second)
         yield replicas
+        yield targets
+        yield unschedulable_workload
         yield GaugeMetricFamily(
             "gpufabric_unschedulable_workloads",
             "AgentWorkloads with replicas no node can take (Placed=False, Unschedulable).",
@@ -170,6 +190,38 @@ class FleetCollector(Collector):
                 rows = free_capacity(snapshot, representative_size(size), view.learned)
                 capacity.add_metric([size], best_total(rows))
         yield capacity
+
+
+def _compute_nodes(state: ClusterState) -> Iterator[GaugeMetricFamily]:
+    """ComputeNodes by state, and the devices their device plugins do not advertise (counts per accelerator,
+    not per node: an alert says how many, `kubectl get cn` says which)."""
+    nodes = GaugeMetricFamily(
+        "gpufabric_compute_nodes",
+        "ComputeNodes by state: ready, not_ready (its Node is NotReady or missing), cordoned (spec.unschedulable).",
+        labels=["vendor", "accelerator", "state"],
+    )
+    missing = GaugeMetricFamily(
+        "gpufabric_devices_not_advertised",
+        "Devices ComputeNodes declare that their Nodes' device plugins do not advertise (allocatable).",
+        labels=["vendor", "accelerator"],
+    )
+    by_state: Tally[tuple[str, str, str]] = Tally()
+    shortfall: Tally[tuple[str, str]] = Tally()
+    for compute_node in state.compute_nodes.values():
+        spec = compute_node.spec
+        vendor, accelerator = spec.vendor.value, spec.accelerator
+        health = state.nodes.get(spec.node_name)
+        ready = health is not None and health.ready
+        node_state = "cordoned" if spec.unschedulable and ready else ("ready" if ready else "not_ready")
+        by_state[(vendor, accelerator, node_state)] += 1
+        advertised = health.allocatable.get(spec.device_resource_name) if health else None
+        shortfall[(vendor, accelerator)] += max(0, spec.devices - advertised) if advertised is not None else 0
+    for labels in sorted(by_state):
+        nodes.add_metric(list(labels), by_state[labels])
+    for pair in sorted(shortfall):
+        missing.add_metric(list(pair), shortfall[pair])
+    yield nodes
+    yield missing
 
 
 def _unschedulable(workload: AgentWorkload) -> int:

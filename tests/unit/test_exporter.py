@@ -44,6 +44,9 @@ def exposition() -> str:
     cluster = FakeCluster().fleet([node("h1"), node("a1", "Ascend-910B3", domain="b")])
     cluster.add_workload(workload("chat", replicas=2, runtimes=("nvidia",)))
     cluster.add_workload(workload("nowhere", runtimes=("mthreads",)))
+    cluster.add_workload(
+        workload("targeted", runtimes=("ascend",), throughput={"targetTokensPerSecond": 500, "maxReplicas": 2})
+    )
     cluster.settle()
     state = cluster.state()
     tokens = TokenTracker(prior=PriorThroughput(dict(ACCELERATORS)))
@@ -98,10 +101,23 @@ def test_token_counters_sum_the_engines_counters(exposition: str) -> None:
 
 def test_inventory_gauges(exposition: str) -> None:
     found = samples(exposition)
-    devices = {(labels["accelerator"], labels["state"]): value for labels, value in found["gpufabric_devices"]}
-    assert devices[("H100-SXM5-80GB", "allocated")] == 2
-    assert devices[("H100-SXM5-80GB", "free")] == 6
-    assert devices[("Ascend-910B3", "free")] == 8
+    devices = {
+        (labels["accelerator"], labels["roce_domain"], labels["state"]): value
+        for labels, value in found["gpufabric_devices"]
+    }
+    assert devices[("H100-SXM5-80GB", "a", "allocated")] == 2
+    assert devices[("H100-SXM5-80GB", "a", "free")] == 6
+    assert devices[("Ascend-910B3", "b", "allocated")] + devices[("Ascend-910B3", "b", "free")] == 8
+    nodes = {(labels["accelerator"], labels["state"]): value for labels, value in found["gpufabric_compute_nodes"]}
+    assert nodes == {("H100-SXM5-80GB", "ready"): 1, ("Ascend-910B3", "ready"): 1}
+    assert {labels["accelerator"]: v for labels, v in found["gpufabric_devices_not_advertised"]} == {
+        "H100-SXM5-80GB": 0,
+        "Ascend-910B3": 0,
+    }
+    targets = found["gpufabric_throughput_target_tokens_per_second"]
+    assert targets == [({"namespace": "default", "workload": "targeted"}, 500.0)]
+    refused = {labels["workload"]: value for labels, value in found["gpufabric_workload_unschedulable"]}
+    assert refused == {"chat": 0, "nowhere": 1, "targeted": 0}
     replicas = {(labels["workload"], labels["state"]): value for labels, value in found["gpufabric_replicas"]}
     assert replicas[("chat", "ready")] == 2
     assert found["gpufabric_unschedulable_workloads"] == [({}, 1.0)]
@@ -118,3 +134,21 @@ def test_no_label_names_a_pod_or_uid(exposition: str) -> None:
         for labels, _ in rows:
             assert not {"pod", "uid", "instance_id"} & labels.keys(), name
             assert not any(re.search(r"-\d+-\d+$", v) for v in labels.values()), (name, labels)
+
+
+def test_compute_nodes_by_state_and_devices_not_advertised() -> None:
+    cluster = FakeCluster()
+    cluster.add_compute_node(node("h1"))
+    cluster.add_compute_node(node("h2"))
+    cluster.add_compute_node(node("h3", cordoned=True))
+    cluster.add_compute_node(node("h4"), with_node=False)
+    cluster.add_node("h5", allocatable={"nvidia.com/gpu": "6"})
+    cluster.add_compute_node(node("h5"), with_node=False)
+    cluster.set_ready("h2", False)
+    metrics = OperatorMetrics()
+    view = FleetView(cluster.state(), None)
+    metrics.watch(lambda: view)
+    found = samples(generate_latest(metrics.registry).decode())
+    nodes = {labels["state"]: value for labels, value in found["gpufabric_compute_nodes"]}
+    assert nodes == {"ready": 2, "not_ready": 2, "cordoned": 1}
+    assert found["gpufabric_devices_not_advertised"] == [({"vendor": "nvidia", "accelerator": "H100-SXM5-80GB"}, 2.0)]
