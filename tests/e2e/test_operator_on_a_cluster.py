@@ -1,5 +1,6 @@
 """The shipped operator on the real control plane, started as a user starts it: the `gpufabric operator`
-console script with a kubeconfig, as a ServiceAccount bound to exactly the rules of `gpufabric.rbac`.
+console script with a kubeconfig, as the ServiceAccount `helm install` of the chart created, bound to the
+chart's ClusterRole and Role (whose rules are `gpufabric.rbac`'s: tests/chart).
 
 The tests in this module are the steps of one story on one fleet (the examples, with a Node per
 ComputeNode run by the stand-in kubelet), in order: refused starts, placement, scaling through the scale
@@ -11,8 +12,11 @@ operator uses. Each measured time goes into the end-of-run table.
 from __future__ import annotations
 
 import collections
+import importlib.util
+import json
 import re
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,10 +31,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from gpufabric import rbac
 from gpufabric.controller.run import LEASE_NAME
 from gpufabric.throughput.learning import STORE_CONFIG_MAP
+from support import helm, prometheus
 from support.controlplane import ROOT, ControlPlane, free_port
+from support.prometheus import without_final_comparison
 from support.realcluster import (
     CONSOLE_SCRIPT,
     GROUP,
+    OPERATOR_ACCOUNT,
     OPERATOR_NAMESPACE,
     OPERATOR_USER,
     VERSION,
@@ -46,6 +53,7 @@ from support.realcluster import (
 from support.standin_kubelet import StandInKubelet, TokenRate
 
 NS = "agents"
+DASHBOARD = ROOT / "charts" / "gpu-fabric-operator" / "dashboards" / "gpu-fabric-operator.json"
 NODE_GRACE = 10.0
 LEASE_SECONDS = 15.0  # the operator's Lease duration; a standby checks every 5 s
 RENEW_EVERY = 5.0
@@ -454,6 +462,57 @@ def test_a_workload_too_big_for_the_fleet_is_unschedulable_with_the_reason(story
     assert len(story.reader.pods(NS, "gpufabric.io/workload=h100-hog")) == 6
 
 
+def test_a_real_prometheus_evaluates_every_dashboard_query_and_alert(story: Story, report: Any) -> None:
+    """Prometheus (the real server) scrapes the leading operator while the fleet serves tokens and one
+    workload waits unschedulable: every query of the Grafana dashboard and every alert of the chart
+    evaluates without error and returns series — an alert whose condition does not hold right now
+    returns its left-hand side's series instead (its thresholds are unit-tested by promtool)."""
+    leader = "a-restarted"
+    board = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    panels = dashboard_script().queries(board, rate_interval="1m")
+    (rule,) = [
+        d
+        for d in helm.render({"prometheusRule": {"enabled": True}}, story.plane.directory)
+        if d["kind"] == "PrometheusRule"
+    ]
+    alerts = [(r["alert"], r["expr"]) for group in rule["spec"]["groups"] for r in group["rules"]]
+    started = time.monotonic()
+    with prometheus.running([f"127.0.0.1:{story.metrics_ports[leader]}"]) as server:
+        scraped = f'count_over_time(up{{job="{prometheus.JOB}"}}[1m]) >= 10'
+        wait_for("ten scrapes of the operator", lambda: server.query(scraped), timeout=60)
+        empty = []
+        for what, expression in [*panels, *alerts]:
+            if server.query(expression):
+                continue
+            left = without_final_comparison(expression) or absent_argument(expression)
+            if left is None or not server.query(left):
+                empty.append(f"{what}: {expression}")
+        assert empty == [], "queries that return no series:\n" + "\n".join(empty)
+    report(
+        f"real Prometheus: {len(panels)} dashboard queries and {len(alerts)} alerts evaluated with series",
+        time.monotonic() - started,
+    )
+
+
+def absent_argument(expression: str) -> str | None:
+    """`absent(x == 1)` -> `x` (absent returns nothing exactly when its argument has series)."""
+    text = expression.strip()
+    if not (text.startswith("absent(") and text.endswith(")")):
+        return None
+    inner = text.removeprefix("absent(").removesuffix(")")
+    return without_final_comparison(inner) or inner
+
+
+def dashboard_script() -> Any:
+    spec = importlib.util.spec_from_file_location("dashboard_script", ROOT / "scripts" / "dashboard.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["dashboard_script"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_a_gang_scaled_to_zero_loses_its_pods_and_its_replica_service(story: Story, report: Any) -> None:
     """The operator deletes a gang replica's pods and the headless Service its ranks found rank 0 by; the
     workload's own Service stays for when it scales up again."""
@@ -521,16 +580,38 @@ def test_capacity_reads_the_live_cluster(story: Story) -> None:
     assert re.search(r"^nvidia\s+B200\s+FP8\s+a\s+\d+", result.stdout, re.MULTILINE), result.stdout
 
 
-def test_the_rbac_is_exactly_what_the_operator_uses(story: Story, report: Any) -> None:
+def granted_by_the_chart(admin: client.ApiClient) -> set[tuple[str, str, str, str]]:
+    """(apiGroup, resource, verb, where) of every rule the installed chart binds to the operator: `cluster`
+    for its ClusterRole, the namespace for its Roles."""
+    rbac_api: Any = client.RbacAuthorizationV1Api(admin)
+    where: list[tuple[str, Any]] = [("cluster", rbac_api.read_cluster_role(OPERATOR_ACCOUNT))]
+    where += [(OPERATOR_NAMESPACE, rbac_api.read_namespaced_role(OPERATOR_ACCOUNT, OPERATOR_NAMESPACE))]
+    return {
+        (group, resource, verb, scope)
+        for scope, role in where
+        for rule in role.rules
+        for group in rule.api_groups
+        for resource in rule.resources
+        for verb in rule.verbs
+    }
+
+
+def test_the_rbac_is_exactly_what_the_operator_uses(story: Story, admin: client.ApiClient, report: Any) -> None:
     """From the API server's audit log of the operator's ServiceAccount over the whole story: nothing it
-    asked for was forbidden (no rule missing), and every verb of every rule was used and allowed at least
-    once (no rule unused: removing any one would forbid a request the operator made)."""
+    asked for was forbidden (no rule missing), and every verb of every rule the chart installed was used
+    and allowed at least once (no rule unused: removing any one would forbid a request the operator made).
+    The chart's rules are gpufabric.rbac's (tests/chart); here they are read back from the cluster."""
     for process in story.operators.values():
         process.stop()
-    granted = rbac.grants()
+    granted = granted_by_the_chart(admin)
+    expected = {
+        (g, r, v, "cluster" if s is not rbac.Scope.OPERATOR_NAMESPACE else OPERATOR_NAMESPACE)
+        for g, r, v, s in rbac.grants()
+    }
+    assert granted == expected, "the installed chart binds other rules than gpufabric.rbac"
     # Requests every authenticated user may make (the pre-flight "who am I"), not granted by our rules.
     everyone = {("authentication.k8s.io", "selfsubjectreviews", "create")}
-    used: collections.Counter[tuple[str, str, str, rbac.Scope]] = collections.Counter()
+    used: collections.Counter[tuple[str, str, str, str]] = collections.Counter()
     forbidden, unexplained = [], []
     for event in story.plane.audit_events():
         if event["user"]["username"] != OPERATOR_USER or "objectRef" not in event:
@@ -540,11 +621,15 @@ def test_the_rbac_is_exactly_what_the_operator_uses(story: Story, report: Any) -
         what = (ref.get("apiGroup", ""), resource, event["verb"])
         if event["annotations"].get("authorization.k8s.io/decision") != "allow":
             forbidden.append(f"{event['verb']} {resource} in {ref.get('namespace', '(cluster)')}")
-        elif (*what, rbac.Scope.CLUSTER) in granted:
-            used[(*what, rbac.Scope.CLUSTER)] += 1
-        elif ref.get("namespace") == OPERATOR_NAMESPACE and (*what, rbac.Scope.OPERATOR_NAMESPACE) in granted:
-            used[(*what, rbac.Scope.OPERATOR_NAMESPACE)] += 1
-        elif what not in everyone:
+            continue
+        # Every grant that allows the request counts as used: cluster-wide, the ClusterRole's rules and the
+        # operator namespace's Role overlap there (the learned-throughput ConfigMap).
+        allowing = [
+            scope for scope in ("cluster", ref.get("namespace")) if scope is not None and (*what, scope) in granted
+        ]
+        for scope in allowing:
+            used[(*what, scope)] += 1
+        if not allowing and what not in everyone:
             unexplained.append(what)
     assert forbidden == [], f"the operator was refused: {forbidden}"
     assert unexplained == [], f"allowed by something other than our rules: {sorted(set(unexplained))}"

@@ -15,6 +15,7 @@ from gpufabric.api.refs import Allocation, Kind, ObjectRef, workload_ref
 from gpufabric.controller.expectations import Expectations
 from gpufabric.controller.kube import WriteFailedError
 from gpufabric.controller.reconciler import LoopSettings, Reconciler
+from gpufabric.exporter import FleetView
 from gpufabric.placement import PriorThroughput
 from gpufabric.reconcile import (
     Action,
@@ -295,3 +296,21 @@ async def test_a_pass_reads_a_snapshot_of_learned_throughput_not_the_live_table(
     view = target.published
     assert view.tokens is not None
     assert view.tokens.learned.entries[("8B", "H20", "BF16")].samples == 1, "the published view did not move"
+
+
+async def test_an_instance_that_stops_leading_stops_exporting_the_fleet() -> None:
+    """A former leader's last view would be summed with the new leader's and go stale: it is dropped."""
+    target = reconciler(FakeKube())
+    target.loop = LoopSettings(debounce=0.0, resync=0.05)
+    stop = asyncio.Event()
+    task = asyncio.create_task(target.run(stop))
+    target.indexes_ready()
+    target.trigger()
+    await asyncio.sleep(0.2)
+    assert target.published.state is not None, "the leader publishes what it saw"
+    target.leadership.leading = False
+    target.trigger()
+    await asyncio.sleep(0.2)
+    stop.set()
+    await task
+    assert target.published == FleetView()

@@ -40,9 +40,11 @@ def test_no_wildcards_no_secrets_and_writes_only_where_needed() -> None:
             assert set(rule.resources) <= {"leases", "configmaps"}
 
 
-def test_manifests_bind_the_cluster_rules_and_the_namespace_rules_to_the_account() -> None:
+def test_watching_every_namespace_binds_one_cluster_role_and_the_operator_namespace_role() -> None:
     cluster_role, cluster_binding, role, binding = rbac.manifests("op", "ops", "op-sa")
-    assert cluster_role["rules"] == [r.policy_rule() for r in rbac.rules(rbac.Scope.CLUSTER)]
+    assert cluster_role["rules"] == [
+        r.policy_rule() for r in rbac.rules(rbac.Scope.CLUSTER) + rbac.rules(rbac.Scope.WATCHED_NAMESPACES)
+    ]
     assert role["rules"] == [r.policy_rule() for r in rbac.rules(rbac.Scope.OPERATOR_NAMESPACE)]
     assert role["metadata"]["namespace"] == "ops"
     for bound in (cluster_binding, binding):
@@ -51,3 +53,17 @@ def test_manifests_bind_the_cluster_rules_and_the_namespace_rules_to_the_account
     assert {"apiGroups": ["gpufabric.io"], "resources": ["computenodes"], "verbs": ["create", "patch"]} not in (
         without_discovery
     )
+
+
+def test_watching_some_namespaces_binds_roles_there_and_nothing_namespaced_cluster_wide() -> None:
+    documents = rbac.manifests("op", "ops", "op-sa", watch_namespaces=["team-a", "team-b"])
+    roles = {(d["kind"], d["metadata"].get("namespace")): d["rules"] for d in documents if d["kind"].endswith("Role")}
+    assert roles[("ClusterRole", None)] == [r.policy_rule() for r in rbac.rules(rbac.Scope.CLUSTER)]
+    watched = [r.policy_rule() for r in rbac.rules(rbac.Scope.WATCHED_NAMESPACES)]
+    assert roles[("Role", "team-a")] == roles[("Role", "team-b")] == watched
+    assert roles[("Role", "default")] == [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]
+    assert roles[("Role", "ops")] == [r.policy_rule() for r in rbac.rules(rbac.Scope.OPERATOR_NAMESPACE)]
+    bindings = [d for d in documents if d["kind"].endswith("Binding")]
+    assert len(bindings) == len(roles)
+    cluster_resources = {res for rule in roles[("ClusterRole", None)] for res in rule["resources"]}
+    assert cluster_resources <= {"computenodes", "computenodes/status", "nodes", "customresourcedefinitions"}

@@ -141,6 +141,9 @@ class Reconciler:
             self._wake.clear()
             self.metrics.leader.set(1 if self.leadership.leading else 0)
             if not self.leadership.leading:
+                # A standby (or a leader that lost the Lease) exports no fleet: its last view would be
+                # counted beside the leader's and go stale.
+                self.published = FleetView()
                 continue
             try:
                 outcome = await self.run_pass()

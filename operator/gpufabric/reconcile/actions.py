@@ -8,7 +8,7 @@ refuses a write as invalid it reports that on `about` — never by taking a name
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 from gpufabric.api.reasons import EventReason, EventType
 from gpufabric.api.refs import Kind, ObjectRef
@@ -126,6 +126,9 @@ Action = (
     | ScaleWorkload
     | Event
 )
+
+# Every kind of action, for what lists them (the exporter's error series).
+ACTION_KINDS: tuple[type[Action], ...] = get_args(Action)
 
 # What a failed action's backoff is keyed on: the write and its object; for Events, the object and the reason
 # (a refused Event is not retried once per message).
