@@ -3,7 +3,8 @@
 The README's table, the Helm chart's ClusterRole and Roles (`charts/gpu-fabric-operator/files/rbac-rules.yaml`
 is generated from here) and so the e2e suite's ServiceAccount (installed by the chart; the suite proves on
 a real API server that the operator needs every rule and nothing more) all come from `RULES`. Each rule says why
-the operator needs it; a rule with `only_with` is needed only with that flag.
+the operator needs it; a rule with `only_with` is needed only with that flag, one `cluster_wide_only` only when
+the operator watches every namespace (no `--namespace`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Rule:
     scope: Scope
     why: str
     only_with: str | None = None
+    cluster_wide_only: bool = False
 
     def policy_rule(self) -> dict[str, Any]:
         return {"apiGroups": [self.api_group], "resources": list(self.resources), "verbs": list(self.verbs)}
@@ -93,7 +95,9 @@ RULES: tuple[Rule, ...] = (
         WATCH,
         Scope.CLUSTER,
         "kopf follows the CRDs: one re-created or upgraded is picked up without a restart "
-        "(without the rule kopf warns at start)",
+        "(without the rule kopf warns at start). Watching listed namespaces, kopf's scanning is off: it would "
+        "also list every namespace, and the names are exact, so neither is needed",
+        cluster_wide_only=True,
     ),
     Rule(
         "coordination.k8s.io",
@@ -112,8 +116,17 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def rules(scope: Scope, *, discover_nodes: bool = True) -> list[Rule]:
-    return [r for r in RULES if r.scope == scope and (discover_nodes or r.only_with != "--discover-nodes")]
+def rules(scope: Scope, *, discover_nodes: bool = True, namespaced: bool = False) -> list[Rule]:
+    return [r for r in RULES if r.scope == scope and _granted(r, discover_nodes=discover_nodes, namespaced=namespaced)]
+
+
+def _granted(rule: Rule, *, discover_nodes: bool, namespaced: bool) -> bool:
+    return (
+        (discover_nodes or rule.only_with != "--discover-nodes")
+        and not (namespaced and rule.cluster_wide_only)
+        # Cluster-wide, the watched-namespace rules cover `default` too.
+        and (namespaced or rule.scope is not Scope.DEFAULT_NAMESPACE)
+    )
 
 
 def _binding(kind: str, name: str, namespace: str | None, subject: list[dict[str, str]]) -> dict[str, Any]:
@@ -154,7 +167,7 @@ def manifests(
     watched-namespace rules, and a Role in the operator's namespace. Watching some: the ClusterRole holds
     only the cluster rules, each watched namespace gets a Role, `default` one for ComputeNodes' events."""
     subject = [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}]
-    cluster = rules(Scope.CLUSTER, discover_nodes=discover_nodes)
+    cluster = rules(Scope.CLUSTER, discover_nodes=discover_nodes, namespaced=bool(watch_namespaces))
     watched = rules(Scope.WATCHED_NAMESPACES)
     documents = [
         _role("ClusterRole", name, None, cluster if watch_namespaces else cluster + watched),
@@ -169,20 +182,18 @@ def manifests(
         ]
     if watch_namespaces:
         documents += [
-            _role("Role", f"{name}-events", "default", rules(Scope.DEFAULT_NAMESPACE)),
+            _role("Role", f"{name}-events", "default", rules(Scope.DEFAULT_NAMESPACE, namespaced=True)),
             _binding("Role", f"{name}-events", "default", subject),
         ]
     return documents
 
 
 def grants(*, discover_nodes: bool = True, namespaced: bool = False) -> set[tuple[str, str, str, Scope]]:
-    """Every (apiGroup, resource, verb, scope) the manifests grant, one by one. Cluster-wide the default
-    namespace's own rule is not granted: the watched-namespace rules cover every namespace."""
+    """Every (apiGroup, resource, verb, scope) the manifests grant, one by one."""
     return {
         (rule.api_group, resource, verb, rule.scope)
         for rule in RULES
-        if (discover_nodes or rule.only_with != "--discover-nodes")
-        and (namespaced or rule.scope is not Scope.DEFAULT_NAMESPACE)
+        if _granted(rule, discover_nodes=discover_nodes, namespaced=namespaced)
         for resource in rule.resources
         for verb in rule.verbs
     }
@@ -191,9 +202,10 @@ def grants(*, discover_nodes: bool = True, namespaced: bool = False) -> set[tupl
 def chart_rules() -> dict[str, list[dict[str, Any]]]:
     """The rules by where the chart binds them (charts/gpu-fabric-operator/files/rbac-rules.yaml)."""
     return {
-        "cluster": [r.policy_rule() for r in rules(Scope.CLUSTER, discover_nodes=False)],
+        "cluster": [r.policy_rule() for r in rules(Scope.CLUSTER, discover_nodes=False, namespaced=True)],
         "discoverNodes": [r.policy_rule() for r in RULES if r.only_with == "--discover-nodes"],
+        "clusterWide": [r.policy_rule() for r in RULES if r.cluster_wide_only],
         "watchedNamespaces": [r.policy_rule() for r in rules(Scope.WATCHED_NAMESPACES)],
-        "defaultNamespace": [r.policy_rule() for r in rules(Scope.DEFAULT_NAMESPACE)],
+        "defaultNamespace": [r.policy_rule() for r in rules(Scope.DEFAULT_NAMESPACE, namespaced=True)],
         "operatorNamespace": [r.policy_rule() for r in rules(Scope.OPERATOR_NAMESPACE)],
     }

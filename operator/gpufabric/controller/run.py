@@ -153,7 +153,11 @@ class Operator:
         self._tasks = tasks
 
         @kopf.on.startup(registry=self.registry)
-        async def start_loops(**_: Any) -> None:
+        async def start_loops(settings: kopf.OperatorSettings, **_: Any) -> None:
+            # Watching listed namespaces, kopf would still list and watch every namespace (to match
+            # patterns) and need a cluster-wide grant for it; ours are exact names, so scanning is off.
+            # Startup handlers run before kopf's observers, so the setting is seen by them.
+            settings.scanning.disabled = bool(self.options.namespaces)
             await self.store.load()  # what earlier runs learned: a restart does not forget it
             tasks.append(asyncio.create_task(self.leadership.run(stop), name="gpufabric-lease"))
             tasks.append(asyncio.create_task(self.reconciler.run(stop), name="gpufabric-reconciler"))
