@@ -59,9 +59,7 @@ def test_watching_every_namespace_binds_one_cluster_role_and_the_operator_namesp
 def test_watching_some_namespaces_binds_roles_there_and_nothing_namespaced_cluster_wide() -> None:
     documents = rbac.manifests("op", "ops", "op-sa", watch_namespaces=["team-a", "team-b"])
     roles = {(d["kind"], d["metadata"].get("namespace")): d["rules"] for d in documents if d["kind"].endswith("Role")}
-    assert roles[("ClusterRole", None)] == [
-        r.policy_rule() for r in rbac.rules(rbac.Scope.CLUSTER, namespaced=True)
-    ]
+    assert roles[("ClusterRole", None)] == [r.policy_rule() for r in rbac.rules(rbac.Scope.CLUSTER, namespaced=True)]
     watched = [r.policy_rule() for r in rbac.rules(rbac.Scope.WATCHED_NAMESPACES)]
     assert roles[("Role", "team-a")] == roles[("Role", "team-b")] == watched
     assert roles[("Role", "default")] == [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]
