@@ -37,6 +37,8 @@ EXIT_INTERNAL = 70  # a bug (EX_SOFTWARE): the traceback follows, please report 
 EXIT_INTERRUPTED = 130
 # A day: longer than any real outage a replica should wait out on a dead node.
 MAX_NODE_GRACE_SECONDS = 86_400
+# Scraping the engines less often than hourly would learn nothing; more often than each second only loads them.
+MIN_SCRAPE_INTERVAL_SECONDS, MAX_SCRAPE_INTERVAL_SECONDS = 1, 3_600
 
 
 def render_crd(definition: dict[str, object]) -> str:
@@ -165,6 +167,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
     from gpufabric import credentials  # noqa: PLC0415
     from gpufabric.controller import preflight  # noqa: PLC0415
     from gpufabric.controller.run import LEASE_NAME, Operator, OperatorOptions, api_client_for, login_from  # noqa: PLC0415
+    from gpufabric.controller.scraper import ScrapeSettings  # noqa: PLC0415
 
     configure_logging(args.verbose)
     options = OperatorOptions(
@@ -174,6 +177,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         discover_nodes=args.discover_nodes,
         node_grace_seconds=args.node_grace,
         leader_election=not args.no_leader_election,
+        scrape=ScrapeSettings(interval=args.scrape_interval),
     )
     if args.operator_namespace:
         options.operator_namespace = args.operator_namespace
@@ -346,6 +350,15 @@ def _add_operator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         default=30.0,
         metavar="SECONDS",
         help=f"how long a Node may be NotReady before its replicas move, 0 to {MAX_NODE_GRACE_SECONDS} (default 30)",
+    )
+    run.add_argument(
+        "--scrape-interval",
+        type=cliargs.number(MIN_SCRAPE_INTERVAL_SECONDS, MAX_SCRAPE_INTERVAL_SECONDS, unit="seconds"),
+        default=15.0,
+        metavar="SECONDS",
+        help="how often every ready replica's engine is scraped for tokens/s, "
+        f"{MIN_SCRAPE_INTERVAL_SECONDS} to {MAX_SCRAPE_INTERVAL_SECONDS} (default 15); "
+        "throughput is learned once a saturated replica has been seen 10 times",
     )
     run.add_argument(
         "--no-leader-election", action="store_true", help="skip the Lease (only when exactly one instance runs)"

@@ -255,13 +255,17 @@ def test_the_pod_meets_the_restricted_pod_security_standard(tmp_path: Path) -> N
 
 
 def test_the_operator_is_started_with_its_ports_namespace_and_flags(tmp_path: Path) -> None:
-    values = {"watchNamespaces": ["team-a"], "operator": {"discoverNodes": True, "nodeGraceSeconds": 60}}
+    values = {
+        "watchNamespaces": ["team-a"],
+        "operator": {"discoverNodes": True, "nodeGraceSeconds": 60, "scrapeIntervalSeconds": 5},
+    }
     (deployment,) = [d for d in render(values, tmp_path) if d["kind"] == "Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["args"] == [
         "--metrics-port=8080",
         "--health-port=8081",
         "--node-grace=60",
+        "--scrape-interval=5",
         "--namespace=team-a",
         "--discover-nodes",
     ]
@@ -283,6 +287,7 @@ def test_the_flags_the_chart_passes_are_flags_the_operator_takes(tmp_path: Path)
     parsed = build_parser().parse_args(["operator", *args])
     assert parsed.namespace == ["team-a", "team-b"]
     assert parsed.metrics_port == 8080
+    assert parsed.scrape_interval == 15
     assert parsed.health_port == 8081
     assert parsed.discover_nodes is True
     assert parsed.verbose is True
@@ -329,6 +334,10 @@ def test_notes_tell_the_next_commands(tmp_path: Path) -> None:
         ),
         ({"watchNamespaces": ["Team_A"]}, "at '/watchNamespaces/0': 'Team_A' does not match pattern"),
         ({"operator": {"nodeGraceSeconds": -1}}, "at '/operator/nodeGraceSeconds': minimum: got -1, want 0"),
+        (
+            {"operator": {"scrapeIntervalSeconds": 0.5}},
+            "at '/operator/scrapeIntervalSeconds': minimum: got 0.5, want 1",
+        ),
         ({"metrics": {"port": 99999}}, "at '/metrics/port': maximum: got 99,999, want 65,535"),
         (
             {"serviceMonitor": {"interval": "thirty seconds"}},

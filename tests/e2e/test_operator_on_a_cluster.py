@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gpufabric import rbac
 from gpufabric.controller.run import LEASE_NAME
-from gpufabric.throughput.learning import STORE_CONFIG_MAP
+from gpufabric.throughput.learning import MIN_SAMPLES, STORE_CONFIG_MAP
 from support import helm, prometheus
 from support.controlplane import ROOT, ControlPlane, free_port
 from support.prometheus import without_final_comparison
@@ -55,6 +55,9 @@ from support.standin_kubelet import StandInKubelet, TokenRate
 NS = "agents"
 DASHBOARD = ROOT / "charts" / "gpu-fabric-operator" / "dashboards" / "gpu-fabric-operator.json"
 NODE_GRACE = 10.0
+# Engines scraped every 3 s (the default is 15): a saturated replica teaches placement after MIN_SAMPLES
+# scrapes, so what is learned shows up within the story's minutes.
+SCRAPE_INTERVAL = 3.0
 LEASE_SECONDS = 15.0  # the operator's Lease duration; a standby checks every 5 s
 RENEW_EVERY = 5.0
 # Per pod of each workload: what its engine serves. agent-small's requests queue, so the operator learns
@@ -82,7 +85,7 @@ class Story:
     def start_operator(self, name: str, *, kubeconfig_from_environment: bool = False) -> OperatorProcess:
         """As users start it: with --kubeconfig, or (kubectl's way) with KUBECONFIG set and no flag."""
         self.metrics_ports[name], self.health_ports[name] = free_port(), free_port()
-        args = ["--discover-nodes", "--node-grace", str(NODE_GRACE)]
+        args = ["--discover-nodes", "--node-grace", str(NODE_GRACE), "--scrape-interval", str(SCRAPE_INTERVAL)]
         args += ["--metrics-port", str(self.metrics_ports[name]), "--health-port", str(self.health_ports[name])]
         env = {"KUBECONFIG": str(self.kubeconfig)} if kubeconfig_from_environment else {}
         if not kubeconfig_from_environment:
@@ -378,14 +381,15 @@ def test_each_engines_token_counters_reach_status_and_the_exporter(story: Story,
     report("learned throughput saved to its ConfigMap (waited)", took)
 
 
-def exported(text: str, family: str) -> dict[tuple[str, str, str], float]:
-    """A gauge family from the operator's /metrics: (vendor, accelerator, precision) -> value."""
+def exported(
+    text: str, family: str, keys: tuple[str, ...] = ("vendor", "accelerator", "precision")
+) -> dict[tuple[str, ...], float]:
+    """A gauge family from the operator's /metrics: the values of the labels `keys` -> value."""
     found = {}
     for found_family in text_string_to_metric_families(text):
         for sample in found_family.samples:
             if sample.name == family:
-                labels = sample.labels
-                found[(labels["vendor"], labels["accelerator"], labels["precision"])] = sample.value
+                found[tuple(sample.labels[key] for key in keys)] = sample.value
     return found
 
 
@@ -476,6 +480,15 @@ def test_a_real_prometheus_evaluates_every_dashboard_query_and_alert(story: Stor
         if d["kind"] == "PrometheusRule"
     ]
     alerts = [(r["alert"], r["expr"]) for group in rule["spec"]["groups"] for r in group["rules"]]
+    # The learned-throughput panel has series once a saturated replica (agent-small's) was scraped
+    # MIN_SAMPLES times: the precondition, stated rather than left to the story's timing.
+    wait_for(
+        "learned tokens/s per device exported by the leader",
+        lambda: exported(
+            story.metrics(leader), "gpufabric_learned_tokens_per_device_second", ("size_class", "accelerator")
+        ),
+        timeout=MIN_SAMPLES * SCRAPE_INTERVAL + 30,
+    )
     started = time.monotonic()
     with prometheus.running([f"127.0.0.1:{story.metrics_ports[leader]}"]) as server:
         scraped = f'count_over_time(up{{job="{prometheus.JOB}"}}[1m]) >= 10'
