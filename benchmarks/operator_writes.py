@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import kmock
 
-from support.emulator import FabricEmulator
+from gpufabric.sandbox.emulator import FabricEmulator
+from gpufabric.sandbox.kubelet import SimulatedKubelet
 from support.harness import Cluster, eventually
-from support.kubelet import SimulatedKubelet
 
 
 async def measure(scale: int) -> tuple[Counter[str], int, int]:

@@ -37,6 +37,7 @@ EXIT_INTERNAL = 70  # a bug (EX_SOFTWARE): the traceback follows, please report 
 EXIT_INTERRUPTED = 130
 # A day: longer than any real outage a replica should wait out on a dead node.
 MAX_NODE_GRACE_SECONDS = 86_400
+MAX_SANDBOX_SECONDS = 86_400
 # Scraping the engines less often than hourly would learn nothing; more often than each second only loads them.
 MIN_SCRAPE_INTERVAL_SECONDS, MAX_SCRAPE_INTERVAL_SECONDS = 1, 3_600
 
@@ -281,7 +282,88 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_capacity(commands)
     _add_operator(commands)
+    _add_sandbox(commands)
     return parser
+
+
+def _add_sandbox(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sandbox = commands.add_parser(
+        "sandbox",
+        help="run the real operator over a simulated mixed-vendor RoCE fabric serving agent traffic, live",
+        description="A simulation on this machine: an in-process Kubernetes API, simulated kubelets and "
+        "inference engines (on loopback addresses), a scripted scenario of traffic and failures; the operator "
+        "inside is the real one. Needs the `sandbox` extra (pip install 'gpu-fabric-operator[sandbox]').",
+    )
+    sandbox.add_argument(
+        "--fleet",
+        action="append",
+        metavar="FILE|DIR",
+        help="ComputeNode manifests, repeatable (default: examples/fleet, from the repository root)",
+    )
+    sandbox.add_argument(
+        "--workloads",
+        action="append",
+        metavar="FILE|DIR",
+        help="AgentWorkload manifests, repeatable (default: examples/workloads)",
+    )
+    sandbox.add_argument(
+        "--scenario", metavar="FILE", help="events over time (default: the built-in scenario, see the README)"
+    )
+    sandbox.add_argument(
+        "--duration",
+        type=cliargs.number(1, MAX_SANDBOX_SECONDS, unit="seconds"),
+        metavar="SECONDS",
+        help=f"how long to run, 1 to {MAX_SANDBOX_SECONDS} (default: the scenario's)",
+    )
+    sandbox.add_argument(
+        "--metrics-port",
+        type=cliargs.port,
+        metavar="N",
+        help="serve the operator's Prometheus metrics on this port (1-65535)",
+    )
+    sandbox.add_argument(
+        "--kubeconfig-out", metavar="PATH", help="write a kubeconfig here, for kubectl against the sandbox's API"
+    )
+    sandbox.add_argument(
+        "--seed",
+        type=cliargs.integer(0, 2**32 - 1),
+        default=0,
+        metavar="N",
+        help="seed of the simulated hardware and traffic noise (default 0): the same seed, the same simulation",
+    )
+    sandbox.set_defaults(handler=cmd_sandbox)
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    try:
+        from gpufabric.sandbox import scenario  # noqa: PLC0415 - the sandbox's dependencies are an extra
+        from gpufabric.sandbox.run import SandboxError, SandboxOptions, read_inputs, run_sandbox  # noqa: PLC0415
+        from gpufabric.sandbox.view import Display  # noqa: PLC0415
+    except ImportError as error:
+        print(
+            f"gpufabric sandbox: {error.name} is missing: pip install 'gpu-fabric-operator[sandbox]'", file=sys.stderr
+        )
+        return EXIT_INVALID_INPUT
+    options = SandboxOptions(
+        fleet=[Path(p) for p in args.fleet or ["examples/fleet"]],
+        workloads=[Path(p) for p in args.workloads or ["examples/workloads"]],
+        scenario=Path(args.scenario) if args.scenario else scenario.DEFAULT_SCENARIO,
+        duration=args.duration,
+        metrics_port=args.metrics_port,
+        kubeconfig_out=Path(args.kubeconfig_out) if args.kubeconfig_out else None,
+        seed=args.seed,
+    )
+    try:
+        inputs = read_inputs(options)
+    except SandboxError as error:
+        for problem in error.problems:
+            print(f"gpufabric sandbox: {problem}", file=sys.stderr)
+        return EXIT_INVALID_INPUT
+    for notice in inputs.notices:
+        print(f"gpufabric sandbox: {notice}", file=sys.stderr)
+    display = Display(sys.stdout)
+    display.print_summary(run_sandbox(options, inputs, display))
+    return EXIT_ANSWERED
 
 
 def _add_capacity(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

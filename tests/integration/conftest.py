@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import kmock
 import pytest
 
-from support.emulator import FabricEmulator
+from gpufabric.sandbox.emulator import FabricEmulator
+from gpufabric.sandbox.kubelet import SimulatedKubelet
 from support.harness import Cluster
-from support.kubelet import SimulatedKubelet
 
 
 @pytest.fixture

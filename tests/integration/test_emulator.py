@@ -17,8 +17,8 @@ import kubernetes
 import pytest
 from kubernetes.client import ApiException
 
-from support.emulator import FabricEmulator, FaultPlan, HarnessError, JsonDict, parse_label_selector
-from support.kubelet import SimulatedKubelet
+from gpufabric.sandbox.emulator import FabricEmulator, FaultPlan, HarnessError, JsonDict, parse_label_selector
+from gpufabric.sandbox.kubelet import SimulatedKubelet
 
 CN = "gpufabric.io/v1alpha1/computenodes"
 AW = "gpufabric.io/v1alpha1/agentworkloads"
@@ -750,3 +750,26 @@ async def test_kopf_survives_dropped_watch_streams(emulator: FabricEmulator) -> 
         assert ("ADDED", "after-drops") in seen
 
     assert await run_kopf(emulator, check) < 1
+
+
+# ---- a bounded request log (the sandbox's) -----------------------------------------------------------------
+
+
+async def test_a_bounded_request_log_keeps_the_last_requests_and_still_answers_everything(core: Any) -> None:
+    """kmock matches each request by scanning the log; the sandbox keeps only a few. Every request is still
+    matched and answered (a refused one reported as refused), and ids keep counting."""
+    async with FabricEmulator(request_log_limit=4) as bounded, kmock.Server(bounded) as server:
+        configuration = kubernetes.client.Configuration(host=str(server.url).rstrip("/"))
+        with kubernetes.client.ApiClient(configuration) as client:
+            pods = kubernetes.client.CoreV1Api(client)
+            for index in range(12):
+                await call(pods.create_namespaced_pod, "agents", pod(f"p{index}"))
+            status, _ = await refused(call(pods.create_namespaced_pod, "agents", pod("p0")))
+            listed = await call(pods.list_namespaced_pod, "agents")
+    assert status == 409
+    assert len(listed.items) == 12
+    kept = list(bounded)
+    assert len(kept) == 4
+    assert [r.id for r in kept] == [10, 11, 12, 13]
+    assert bounded.refused(kept[-2])
+    assert not bounded.refused(kept[-1])

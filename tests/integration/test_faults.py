@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from support.emulator import FaultPlan
+from gpufabric.sandbox.emulator import FaultPlan
 from support.harness import AW, CN, Cluster, agent_workload, eventually
 
 SEEDS = int(os.environ.get("GPUFABRIC_FAULT_SEEDS", "12"))

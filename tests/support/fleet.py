@@ -67,19 +67,6 @@ def workload(
     return AgentWorkload.model_validate({"metadata": {"name": name, "namespace": namespace}, "spec": body})
 
 
-# The RDMA shared device plugin advertises many slots per NIC; a Node stand-in advertises as many.
-RDMA_SHARED_DEVICES = "1000"
-
-
-def device_plugin_resources(compute_node: ComputeNode) -> dict[str, str]:
-    """What the device plugins on a ComputeNode's Node advertise: its devices, and RDMA if it has NICs."""
-    spec = compute_node.spec
-    resources = {spec.device_resource_name: str(spec.devices)}
-    if spec.rdma_resource:
-        resources[spec.rdma_resource] = RDMA_SHARED_DEVICES
-    return resources
-
-
 def snapshot(nodes: Sequence[ComputeNode], not_ready: Sequence[str] = ()) -> Snapshot:
     return Snapshot([(n, n.name not in not_ready) for n in nodes])
 

@@ -10,7 +10,6 @@ cares about.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -25,9 +24,10 @@ import yaml
 from gpufabric.api.computenode import ComputeNode
 from gpufabric.controller.reconciler import LoopSettings
 from gpufabric.controller.run import Operator, OperatorOptions
-from support.emulator import FabricEmulator, JsonDict
-from support.fleet import device_plugin_resources
-from support.kubelet import SimulatedKubelet
+from gpufabric.sandbox.emulator import FabricEmulator, JsonDict
+from gpufabric.sandbox.kubelet import SimulatedKubelet
+from gpufabric.sandbox.nodes import device_plugin_resources
+from gpufabric.sandbox.operator_thread import OperatorThread
 
 ROOT = Path(__file__).resolve().parents[2]
 CN = "gpufabric.io/v1alpha1/computenodes"
@@ -43,44 +43,6 @@ def agent_workload(name: str, spec: JsonDict, namespace: str = "agents") -> Json
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"model": {"name": "m", "parametersBillions": 8}, **spec},
     }
-
-
-class OperatorThread:
-    """One operator instance in a thread of its own with its own event loop, as in its own process.
-
-    Several operators cannot share a loop: on shutdown kopf cancels every task created in its loop after it
-    started — the other operators' tasks too."""
-
-    def __init__(self, operator: Operator) -> None:
-        self.operator = operator
-        self.loop = asyncio.new_event_loop()
-        self.stop = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-        self.thread = threading.Thread(target=self._main, name=f"operator-{id(operator)}", daemon=True)
-        self.thread.start()
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.task = self.loop.create_task(self.operator.run(self.stop))
-        try:
-            self.loop.run_until_complete(self.task)
-        except (asyncio.CancelledError, Exception):  # a killed operator ends here
-            pass
-        finally:
-            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-            self.loop.close()
-
-    async def finish(self, *, kill: bool) -> None:
-        def end() -> None:
-            if kill and self.task is not None:
-                self.task.cancel()  # no cleanup: as close to a crash as a task gets
-            else:
-                self.stop.set()
-
-        if not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(end)
-        await asyncio.to_thread(self.thread.join, 20)
-        self.operator.api_client.close()  # type: ignore[no-untyped-call]
 
 
 @dataclass

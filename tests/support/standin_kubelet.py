@@ -36,7 +36,7 @@ from kubernetes.client.exceptions import ApiException
 
 from gpufabric.api.computenode import ComputeNode
 from gpufabric.engines import VLLM, Engine, MetricNames, profile
-from support.fleet import device_plugin_resources
+from gpufabric.sandbox.nodes import device_plugin_resources
 
 HOSTNAME_LABEL: Final = "kubernetes.io/hostname"
 NODE_ALLOCATABLE: Final = {"cpu": "256", "memory": "2Ti", "pods": "110", "ephemeral-storage": "4Ti"}

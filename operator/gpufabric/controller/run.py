@@ -178,12 +178,17 @@ class Operator:
             }
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
+        metrics_server = None
         if self.options.metrics_port is not None:
-            start_http_server(self.options.metrics_port, registry=self.metrics.registry)
+            metrics_server, _ = start_http_server(self.options.metrics_port, registry=self.metrics.registry)
         liveness = f"http://0.0.0.0:{self.options.health_port}/healthz" if self.options.health_port else None
+        # Ours, so it can be shut down: kopf runs sync handlers (the indexes) in this executor and leaves
+        # its threads behind when it stops, which matters wherever the process outlives the operator.
+        settings = kopf.OperatorSettings()
         try:
             await kopf.operator(
                 registry=self.registry,
+                settings=settings,
                 clusterwide=not self.options.namespaces,
                 namespaces=self.options.namespaces,
                 standalone=True,  # one active instance comes from our Lease, not kopf's peering
@@ -196,3 +201,7 @@ class Operator:
             self._stop.set()
             for task in self._tasks:
                 task.cancel()
+            settings.execution.executor.shutdown(wait=True, cancel_futures=True)
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()

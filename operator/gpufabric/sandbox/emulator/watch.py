@@ -13,9 +13,9 @@ from typing import Any
 
 import kmock
 
-from support.emulator.kmockcompat import api_error
-from support.emulator.selectors import LabelMatcher
-from support.emulator.store import JsonDict, Store, WatchEvent, labels, meta
+from gpufabric.sandbox.emulator.kmockcompat import api_error
+from gpufabric.sandbox.emulator.selectors import LabelMatcher
+from gpufabric.sandbox.emulator.store import JsonDict, Store, WatchEvent, labels, meta
 
 
 @dataclasses.dataclass

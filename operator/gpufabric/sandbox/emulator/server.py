@@ -16,14 +16,23 @@ import attrs
 import kmock
 import yaml
 
-from support.emulator import deletion, watch, writes
-from support.emulator.client import HarnessClient, ResourceRef, as_resource, is_harness
-from support.emulator.faults import FaultPlan, inject, watch_drop_at
-from support.emulator.kmockcompat import WRITE_METHODS, CompatEmulator, api_error, created, load_bundled
-from support.emulator.selectors import LabelMatcher, parse_label_selector
-from support.emulator.store import PODS, JsonDict, Store, api_version, details, group_resource, labels, now_rfc3339
+from gpufabric.api import crdgen
+from gpufabric.sandbox.emulator import deletion, watch, writes
+from gpufabric.sandbox.emulator.client import HarnessClient, ResourceRef, as_resource, is_harness
+from gpufabric.sandbox.emulator.faults import FaultPlan, inject, watch_drop_at
+from gpufabric.sandbox.emulator.kmockcompat import WRITE_METHODS, CompatEmulator, api_error, created, load_bundled
+from gpufabric.sandbox.emulator.selectors import LabelMatcher, parse_label_selector
+from gpufabric.sandbox.emulator.store import (
+    PODS,
+    JsonDict,
+    Store,
+    api_version,
+    details,
+    group_resource,
+    labels,
+    now_rfc3339,
+)
 
-ROOT: Final = Path(__file__).resolve().parents[3]
 CRD_VERBS: Final = frozenset({"list", "watch", "get", "create", "patch", "update", "delete", "deletecollection"})
 CRD_RESOURCE: Final = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 CRD_CONDITIONS: Final = (
@@ -48,7 +57,9 @@ class FabricEmulator(CompatEmulator, HarnessClient):
     DSL reaction), not the API errors it answers on purpose (404, 409…), so tests can assert it is empty.
     """
 
-    crds_dir: Path = ROOT / "crds"
+    # The CRDs it serves: generated from the API models (what `gpufabric crds` writes to crds/), unless a
+    # directory of CRD files is given.
+    crds_dir: Path | None = None
     faults: FaultPlan | None = None
     # How many past events a watch can resume over; older resourceVersions get 410 Expired, as after
     # etcd compaction.
@@ -69,10 +80,14 @@ class FabricEmulator(CompatEmulator, HarnessClient):
         # kmock 0.8's bundle has every built-in the operator, kopf and the kubernetes client use (namespaces,
         # nodes, pods, services, events, configmaps, leases, CRDs); test_emulator's discovery test checks it.
         load_bundled(self.resources)
-        for path in sorted(self.crds_dir.glob("*.yaml")):
-            for crd in yaml.safe_load_all(path.read_text()):
-                if crd and crd.get("kind") == "CustomResourceDefinition":
-                    self._install_crd(crd)
+        for crd in self._crds():
+            self._install_crd(crd)
+
+    def _crds(self) -> list[JsonDict]:
+        if self.crds_dir is None:
+            return list(crdgen.all_definitions().values())
+        documents = (d for p in sorted(self.crds_dir.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()))
+        return [d for d in documents if d and d.get("kind") == "CustomResourceDefinition"]
 
     def _install_crd(self, crd: JsonDict) -> None:
         """Declare the CRD's served versions in discovery and store the CRD object itself, Established

@@ -148,6 +148,14 @@ class CompatEmulator(kmock.KubernetesEmulator):
 
     _failed: set[int] = attrs.field(factory=set, init=False)
     _outcomes: dict[int, kmock.Payload] = attrs.field(factory=dict, init=False)
+    # How many requests the log keeps (None: all, as tests want for their assertions). kmock 0.8 matches a
+    # request to a reaction by scanning the whole log for it, once per reaction (apps.py:340 `request in
+    # payload._source`, dsl.py:142-146), so each request costs O(requests so far): a long-running emulator
+    # (the sandbox: tens of thousands of requests) slowed to seconds per request. Matching happens before
+    # the handler's first await, so the request just appended is always within even a short log. Upstream
+    # fix: test a reaction's criteria against the request directly.
+    request_log_limit: int | None = None
+    _served: int = attrs.field(default=0, init=False)
 
     def _admit(self, request: kmock.Request) -> None:
         raise NotImplementedError
@@ -189,8 +197,13 @@ class CompatEmulator(kmock.KubernetesEmulator):
         try:
             if self.limit is not None and len(self._requests) >= self.limit:
                 raise apps.KMockError("Too many requests have been served so far.")
-            request = await parse_request(raw_request, request_id=len(self._requests))
+            request = await parse_request(raw_request, request_id=self._served)
+            self._served += 1
             self._requests.append(request)
+            if self.request_log_limit is not None and len(self._requests) > self.request_log_limit:
+                for forgotten in self._requests[: -self.request_log_limit]:
+                    self._failed.discard(forgotten.id)
+                del self._requests[: -self.request_log_limit]
             try:
                 return await self._handle(request)
             except rendering.StreamingError as e:  # the stream had started: unwrap to the real error

@@ -10,8 +10,8 @@ from typing import Final
 
 import kmock
 
-from support.emulator.kmockcompat import api_error
-from support.emulator.store import PODS, JsonDict, Store, details, meta, now_rfc3339
+from gpufabric.sandbox.emulator.kmockcompat import api_error
+from gpufabric.sandbox.emulator.store import PODS, JsonDict, Store, details, meta, now_rfc3339
 
 DEFAULT_POD_GRACE_SECONDS: Final = 30
 

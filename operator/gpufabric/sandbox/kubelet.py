@@ -1,11 +1,13 @@
-"""A simulated kubelet (and the slice of kube-scheduler the operator relies on) for `FabricEmulator`.
+"""A simulated kubelet (and the slice of kube-scheduler the operator relies on) for `FabricEmulator`: the
+sandbox's nodes, and the integration tests'.
 
 `SimulatedKubelet` is an asyncio task that, every `interval` seconds, walks the pods and nodes and does
 what kube-scheduler and the kubelets would, in the simplest form that still exercises an operator:
 
 * A pod pinned to a node — `spec.nodeName`, `spec.nodeSelector["kubernetes.io/hostname"]`, or a required
   node affinity term `kubernetes.io/hostname In [names]` — whose Node exists and is Ready gets bound
-  (`spec.nodeName`), then `phase: Running`, a stable fake `podIP` (10.x.y.z), the node's `hostIP`, and
+  (`spec.nodeName`), then `phase: Running`, a stable `podIP` from `pod_network` (10.x.y.z by default; the
+  sandbox uses loopback addresses, 127.100.x.y, so its engines can listen there), the node's `hostIP`, and
   after `ready_after` seconds the Ready and ContainersReady conditions and ready containerStatuses.
 * Extended resources (any `resources.limits`/`requests` key with a "/", e.g. `nvidia.com/gpu`) are
   counted against the node's `status.allocatable`, less what admitted (Running) pods there hold. A pod
@@ -31,12 +33,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import re
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Final, Self
 
-from support.emulator import NODES, PODS, FabricEmulator, HarnessError, JsonDict, now_rfc3339
+from gpufabric.sandbox.emulator import NODES, PODS, FabricEmulator, HarnessError, JsonDict, now_rfc3339
 
 HOSTNAME_LABEL: Final = "kubernetes.io/hostname"
 DEFAULT_ALLOCATABLE: Final = {"cpu": "64", "memory": "512Gi", "pods": "110"}
@@ -143,6 +146,7 @@ class SimulatedKubelet:
         interval: float = 0.05,
         ready_after: float = 0.1,
         terminate_after: float = 0.1,
+        pod_network: str = "10.0.0.0/8",
     ) -> None:
         self.emulator = emulator
         self.interval = interval
@@ -154,6 +158,7 @@ class SimulatedKubelet:
         self._terminating: dict[str, float] = {}  # pod uid -> when seen terminating on a Ready node
         self._force_deleted: set[str] = set()
         self._pod_ips: dict[str, str] = {}
+        self._pod_network = ipaddress.IPv4Network(pod_network)
         self._node_count = 0
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
@@ -401,10 +406,10 @@ class SimulatedKubelet:
         ]
 
     def _pod_ip(self, uid: str) -> str:
-        """10.x.y.z, one per pod for the kubelet's life, never .0 or .255."""
+        """One address of `pod_network` per pod for the kubelet's life, never one ending in .0 or .255."""
         if uid not in self._pod_ips:
             index = len(self._pod_ips)
-            host = index % 254 + 1
-            index //= 254
-            self._pod_ips[uid] = f"10.{(index // 256) % 256}.{index % 256}.{host}"
+            block, host = divmod(index, 254)
+            offset = (block * 256 + host + 1) % self._pod_network.num_addresses
+            self._pod_ips[uid] = str(self._pod_network.network_address + offset)
         return self._pod_ips[uid]

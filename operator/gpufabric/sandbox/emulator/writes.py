@@ -13,8 +13,17 @@ from typing import Final
 import jsonpatch
 import kmock
 
-from support.emulator.kmockcompat import api_error, header, merge_patch
-from support.emulator.store import PODS, JsonDict, Store, api_version, details, group_resource, meta, now_rfc3339
+from gpufabric.sandbox.emulator.kmockcompat import api_error, header, merge_patch
+from gpufabric.sandbox.emulator.store import (
+    PODS,
+    JsonDict,
+    Store,
+    api_version,
+    details,
+    group_resource,
+    meta,
+    now_rfc3339,
+)
 
 MERGE_PATCH: Final = "application/merge-patch+json"
 JSON_PATCH: Final = "application/json-patch+json"

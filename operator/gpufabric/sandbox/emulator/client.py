@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import kmock
 
-from support.emulator.kmockcompat import header
-from support.emulator.store import JsonDict, meta
-from support.emulator.writes import JSON_PATCH, MERGE_PATCH
+from gpufabric.sandbox.emulator.kmockcompat import header
+from gpufabric.sandbox.emulator.store import JsonDict, meta
+from gpufabric.sandbox.emulator.writes import JSON_PATCH, MERGE_PATCH
 
 HARNESS_HEADER: Final = "X-Harness"
 

@@ -13,7 +13,7 @@ from typing import Final
 
 import kmock
 
-from support.emulator.kmockcompat import api_error
+from gpufabric.sandbox.emulator.kmockcompat import api_error
 
 SERVER_ERRORS: Final = {500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}
 

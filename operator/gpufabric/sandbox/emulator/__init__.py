@@ -23,11 +23,11 @@ Every state change is synchronous code between two awaits, so it is atomic for t
 locks: a watch can never miss or duplicate an event between its initial listing and its live part.
 """
 
-from support.emulator.client import HarnessError
-from support.emulator.faults import FaultPlan
-from support.emulator.selectors import parse_label_selector
-from support.emulator.server import FabricEmulator
-from support.emulator.store import NODES, PODS, JsonDict, now_rfc3339
+from gpufabric.sandbox.emulator.client import HarnessError
+from gpufabric.sandbox.emulator.faults import FaultPlan
+from gpufabric.sandbox.emulator.selectors import parse_label_selector
+from gpufabric.sandbox.emulator.server import FabricEmulator
+from gpufabric.sandbox.emulator.store import NODES, PODS, JsonDict, now_rfc3339
 
 __all__ = [
     "NODES",

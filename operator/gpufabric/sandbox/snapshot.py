@@ -1,0 +1,83 @@
+"""What the sandbox shows: plain, frozen data the live view and the summary are rendered from.
+
+The orchestrator (`sandbox.run`) builds a `Snapshot` from the API objects and its own clocks about once a second,
+and a `Summary` when the run ends; `sandbox.view` only formats them. Times are seconds since the sandbox started.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    name: str
+    vendor: str  # "nvidia", "mthreads", "ascend"
+    accelerator: str  # e.g. "H100-SXM5-80GB"
+    domain: str | None  # RoCE domain, None when the node is on no fabric
+    devices: int  # declared in the ComputeNode
+    used: int  # promised to replicas (the ComputeNode's status)
+    ready: bool  # the Kubernetes Node is Ready
+
+
+@dataclass(frozen=True)
+class WorkloadRow:
+    namespace: str
+    name: str
+    replicas: int  # spec.replicas (the autoscaler may change it)
+    ready: int  # status.readyReplicas
+    # "vendor/accelerator/precision xN" per distinct kind, e.g. "nvidia/H100-SXM5-80GB/FP8 x2"
+    placements: tuple[str, ...]
+    tokens_per_second: float | None  # measured generation tokens/s in status, None before the first scrape
+    target: float | None  # spec.throughput.targetTokensPerSecond
+    demand: float  # generation tokens/s the simulated clients ask for now
+    phase: str  # the Ready condition's reason, e.g. "Ready", "Unschedulable", "Progressing"
+
+
+@dataclass(frozen=True)
+class LogLine:
+    at: float
+    text: str  # an event the operator posted ("Placed ...") or one the scenario caused ("node gpu-a-h100-01 failed")
+    source: str = "operator"  # "operator" or "scenario"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    elapsed: float
+    duration: float
+    nodes: tuple[NodeRow, ...]
+    workloads: tuple[WorkloadRow, ...]
+    log: tuple[LogLine, ...]  # the latest lines, oldest first
+    api: str = "in-process emulator"  # what serves the Kubernetes API
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """A replica lost with a node, and how long until it ran (Ready) elsewhere."""
+
+    node: str
+    workload: str  # "namespace/name"
+    replica: int
+    failed_at: float
+    recovered_after: float | None  # None: not running elsewhere when the run ended
+
+
+@dataclass(frozen=True)
+class Scaling:
+    at: float
+    workload: str  # "namespace/name"
+    before: int
+    after: int
+    reason: str  # the operator's event message
+
+
+@dataclass(frozen=True)
+class Summary:
+    elapsed: float
+    replicas_per_vendor: dict[str, int]  # Ready replicas per vendor at the end
+    # mean measured generation tokens/s over the run, by (vendor, precision), from the operator's own metrics
+    tokens_per_vendor_precision: dict[tuple[str, str], float]
+    recoveries: tuple[Recovery, ...]
+    scalings: tuple[Scaling, ...]
+    workloads: tuple[WorkloadRow, ...]  # the final rows
+    unplaced: tuple[str, ...] = field(default=())  # "namespace/name: why" for workloads never fully placed
