@@ -146,6 +146,9 @@ async def test_discovery_serves_the_crds_and_the_builtins_kopf_needs(emulator: F
     assert {"list", "watch", "get", "create", "patch", "update", "delete"} <= set(fabric["computenodes"]["verbs"])
 
     core_resources = await call(kubernetes.client.CoreV1Api(api).get_api_resources)
+    # "v1", as kube-apiserver says: with kmock's "/v1" kubectl loses the core group (get pods -> PodMetrics)
+    assert core_resources.group_version == "v1"
+    assert (await emulator.h_request("GET", "/apis/gpufabric.io/v1alpha1"))["groupVersion"] == "gpufabric.io/v1alpha1"
     verbs = {r.name: set(r.verbs) for r in core_resources.resources}
     for plural in ("namespaces", "nodes", "pods", "services", "events", "configmaps"):
         assert {"list", "watch", "get", "create", "patch", "update", "delete"} <= verbs[plural]

@@ -8,7 +8,11 @@ from __future__ import annotations
 from enum import StrEnum
 
 # Read, not written: kube-scheduler's reason on a pod's PodScheduled=False condition when no Node fits it.
+# (The sandbox's simulated scheduler writes it, as kube-scheduler would.)
 KUBE_SCHEDULER_UNSCHEDULABLE = "Unschedulable"
+# Kubernetes' own word for a pod not yet running (status.phase), which the sandbox's simulated API server and
+# kubelets write; spelled here because one of our reasons happens to be the same word.
+POD_PHASE_PENDING = "Pending"
 
 
 class ConditionType(StrEnum):

@@ -88,13 +88,17 @@ class EngineFarm:
     def running(self) -> set[str]:
         return set(self._sites)
 
-    async def start_engine(self, uid: str, endpoint: Endpoint, counters: Counters) -> None:
-        """Listen at the pod's address; an address already in use is the caller's bug, so it raises."""
+    async def start_engine(self, uid: str, endpoint: Endpoint, counters: Counters) -> str | None:
+        """Listen at the pod's address; why it cannot (another program holds the address), or None."""
         assert self._runner is not None, "start() first"
         site = web.TCPSite(self._runner, endpoint.address, endpoint.port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as error:
+            return f"cannot listen on {endpoint.address}:{endpoint.port}: {error.strerror or error}"
         self._sites[uid] = (endpoint, site)
         self._by_socket[(endpoint.address, endpoint.port)] = (endpoint.path, counters)
+        return None
 
     async def stop_engine(self, uid: str) -> None:
         endpoint, site = self._sites.pop(uid)

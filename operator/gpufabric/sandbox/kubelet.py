@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Final, Self
 
+from gpufabric.api.reasons import KUBE_SCHEDULER_UNSCHEDULABLE, POD_PHASE_PENDING
 from gpufabric.sandbox.emulator import NODES, PODS, FabricEmulator, HarnessError, JsonDict, now_rfc3339
 
 HOSTNAME_LABEL: Final = "kubernetes.io/hostname"
@@ -335,11 +336,11 @@ class SimulatedKubelet:
             message = f"0/1 nodes are available: 1 Insufficient {short}."
             conditions = status.get("conditions") or []
             scheduled: JsonDict = next((c for c in conditions if c.get("type") == "PodScheduled"), {})
-            if status.get("phase") == "Pending" and scheduled.get("message") == message:
+            if status.get("phase") == POD_PHASE_PENDING and scheduled.get("message") == message:
                 return  # already says so: write nothing
             new_status = {
-                "phase": "Pending",
-                "conditions": [condition("PodScheduled", False, reason="Unschedulable", message=message)],
+                "phase": POD_PHASE_PENDING,
+                "conditions": [condition("PodScheduled", False, reason=KUBE_SCHEDULER_UNSCHEDULABLE, message=message)],
             }
         await self.emulator.h_patch(
             PODS, meta["name"], {"status": new_status}, namespace=meta.get("namespace"), subresource="status"

@@ -30,7 +30,7 @@ import kubernetes
 from gpufabric.api import labels
 from gpufabric.api.agentworkload import AgentWorkload
 from gpufabric.api.computenode import ComputeNode
-from gpufabric.api.reasons import EventReason
+from gpufabric.api.reasons import ConditionReason, EventReason
 from gpufabric.controller.reconciler import LoopSettings
 from gpufabric.controller.run import Operator, OperatorOptions
 from gpufabric.controller.scraper import ScrapeSettings
@@ -51,7 +51,8 @@ AW = "gpufabric.io/v1alpha1/agentworkloads"
 EVENTS = "v1/events"
 NAMESPACES = "v1/namespaces"
 OPERATOR_NAMESPACE = "gpufabric-system"
-POD_NETWORK = "127.100.0.0/16"  # loopback: every simulated engine listens at its pod's own address
+# Loopback: every simulated engine listens at its pod's own address (127.100/16 is the e2e suite's kubelet's).
+POD_NETWORK = "127.101.0.0/16"
 TICK_SECONDS = 0.5
 REQUEST_LOG = 16  # requests the API server remembers: none are read back, and kmock scans them all per request
 # Log lines each snapshot carries: the live view shows the last few, the plain one every line not yet printed,
@@ -202,6 +203,7 @@ class Sandbox:
         self.next_event = 0
         self.added_nodes: dict[str, int] = defaultdict(int)
         self.interrupted = False
+        self.unservable: set[str] = set()  # pods whose engine could not listen
 
     @property
     def elapsed(self) -> float:
@@ -401,8 +403,12 @@ class Sandbox:
                 serving[key].append((uid, capacity))
         for uid in self.engines.running - wanted.keys():
             await self.engines.stop_engine(uid)
-        for uid in wanted.keys() - self.engines.running:
-            await self.engines.start_engine(uid, *wanted[uid])
+        for uid in wanted.keys() - self.engines.running - self.unservable:
+            if problem := await self.engines.start_engine(uid, *wanted[uid]):
+                # Another program holds the pod's address: its replica serves nothing (the operator sees an
+                # unreachable engine), said once.
+                self.unservable.add(uid)
+                self.log_line(f"the engine of pod {uid[:8]} {problem}; its replica serves no tokens", "log")
         for key in workloads:
             replicas = serving.get(key, [])
             capacities = [capacity for _, capacity in replicas]
@@ -550,7 +556,7 @@ class Sandbox:
             tokens_per_second=tokens.get("generation"),
             target=(spec.get("throughput") or {}).get("targetTokensPerSecond"),
             demand=self._current_demand(key),
-            phase=ready_condition.get("reason", "Pending"),
+            phase=ready_condition.get("reason", ConditionReason.PENDING.value),
         )
 
     def _current_demand(self, key: str) -> float:

@@ -38,7 +38,8 @@ class WorkloadRow:
 class LogLine:
     at: float
     text: str  # an event the operator posted ("Placed ...") or one the scenario caused ("node gpu-a-h100-01 failed")
-    source: str = "operator"  # "operator" or "scenario"
+    # "operator" (its Events), "scenario" (what the scenario did) or "log" (warnings: the operator's, the simulation's)
+    source: str = "operator"
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from gpufabric.api.reasons import ConditionReason
 from gpufabric.sandbox.snapshot import LogLine, NodeRow, Recovery, Snapshot, Summary, WorkloadRow
 from gpufabric.texttable import table
 
@@ -44,7 +45,15 @@ _GAP = 3
 # The workloads table's names column, narrowest before the view gives up on a table.
 _NAME_WIDTH = 20
 
-_PHASE_STYLES = {"Ready": "green", "Unschedulable": "bold red"}
+# The Ready condition's reasons (the phase column) that deserve a colour.
+_PHASE_STYLES = {
+    ConditionReason.ALL_REPLICAS_READY.value: "green",
+    ConditionReason.SCALED_TO_ZERO.value: "green",
+    ConditionReason.UNSCHEDULABLE.value: "bold red",
+    ConditionReason.PODS_UNSCHEDULABLE.value: "bold red",
+    ConditionReason.REPLICAS_UNAVAILABLE.value: "bold red",
+    ConditionReason.ARGS_CONFLICT.value: "bold red",
+}
 
 
 def _vendor_key(vendor: str) -> tuple[int, str]:

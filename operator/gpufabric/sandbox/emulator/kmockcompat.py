@@ -163,6 +163,18 @@ class CompatEmulator(kmock.KubernetesEmulator):
     def _write(self, request: kmock.Request) -> kmock.Payload:
         raise NotImplementedError
 
+    async def _serve_version(self, request: kmock.Request) -> kmock.Payload:
+        """The APIResourceList of a group version, with the core group's `groupVersion` as `v1`.
+
+        kmock 0.8 writes `f'{group}/{version}'` (k8s.py:311), so the core group's is `/v1`: the kubernetes
+        client and kopf never read it, but kubectl then drops the core group from its discovery and maps
+        `kubectl get pods` to metrics.k8s.io's PodMetrics (no resources found). Upstream fix: the same
+        expression without the slash for the core group."""
+        payload = await super()._serve_version(request)
+        if isinstance(payload, dict) and str(payload.get("groupVersion", "")).startswith("/"):
+            payload["groupVersion"] = payload["groupVersion"][1:]
+        return payload
+
     def refused(self, request: kmock.Request) -> bool:
         """Whether the request was answered with an API error (ours, a fault's, or a DSL reaction's)."""
         return request.id in self._failed

@@ -13,6 +13,7 @@ from typing import Final
 import jsonpatch
 import kmock
 
+from gpufabric.api.reasons import POD_PHASE_PENDING
 from gpufabric.sandbox.emulator.kmockcompat import api_error, header, merge_patch
 from gpufabric.sandbox.emulator.store import (
     PODS,
@@ -68,7 +69,7 @@ def create(
         obj_meta.pop(owned, None)
     obj_meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_rfc3339(), generation=1)
     if resource == PODS:  # the pod strategy's PrepareForCreate resets the status
-        obj["status"] = {"phase": "Pending"}
+        obj["status"] = {"phase": POD_PHASE_PENDING}
     elif "status" in info.subresources and is_crd:  # the custom resource strategy drops it
         obj.pop("status", None)
     return copy.deepcopy(store.commit_new(resource, namespace, obj))
