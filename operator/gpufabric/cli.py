@@ -325,6 +325,14 @@ def _add_sandbox(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--kubeconfig-out", metavar="PATH", help="write a kubeconfig here, for kubectl against the sandbox's API"
     )
     sandbox.add_argument(
+        "--control-plane",
+        choices=["emulator", "real"],
+        default="emulator",
+        help="what serves the Kubernetes API: the in-process emulator (default), or a real kube-apiserver, "
+        "kube-scheduler and kube-controller-manager on loopback (binaries from $KUBEBUILDER_ASSETS, .tools/ or "
+        "../shared/kube/: make tools)",
+    )
+    sandbox.add_argument(
         "--seed",
         type=cliargs.integer(0, 2**32 - 1),
         default=0,
@@ -352,6 +360,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         kubeconfig_out=Path(args.kubeconfig_out) if args.kubeconfig_out else None,
         seed=args.seed,
+        control_plane=args.control_plane,
     )
     try:
         inputs = read_inputs(options)

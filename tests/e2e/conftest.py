@@ -18,16 +18,16 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from support import helm
-from support.controlplane import (
+from gpufabric.sandbox.controlplane import (
     ROOT,
     ControlPlane,
     ControlPlaneUnavailableError,
     find_binaries,
     interrupted_by_sigterm,
 )
+from gpufabric.sandbox.standin_kubelet import StandInKubelet
+from support import helm
 from support.realcluster import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, OPERATOR_USER, Reader, api_client
-from support.standin_kubelet import StandInKubelet
 
 MEASURED: list[tuple[str, float, str]] = []
 UNAVAILABLE: list[str] = []

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from gpufabric.sandbox.controlplane import ROOT, ControlPlane, find_binaries
+from gpufabric.sandbox.standin_kubelet import StandInKubelet
 from support import helm
-from support.controlplane import ROOT, ControlPlane, find_binaries
 from support.realcluster import (
     OperatorProcess,
     Reader,
@@ -28,7 +29,6 @@ from support.realcluster import (
     stand_in_kubelet,
     wait_for,
 )
-from support.standin_kubelet import StandInKubelet
 
 RELEASE = "gpufabric"
 NAMESPACE = "gpufabric-system"

@@ -17,8 +17,8 @@ from kubernetes.client.exceptions import ApiException
 
 from gpufabric.api import AgentWorkload, crdgen
 from gpufabric.api.objects import parse
+from gpufabric.sandbox.controlplane import ROOT, ControlPlane
 from gpufabric.vendors import Vendor
-from support.controlplane import ROOT, ControlPlane
 from support.realcluster import GROUP, VERSION, Reader
 
 INVALID = sorted((ROOT / "tests" / "invalid").glob("*.yaml"))

@@ -30,9 +30,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gpufabric import rbac
 from gpufabric.controller.run import LEASE_NAME
+from gpufabric.sandbox.controlplane import ROOT, ControlPlane, free_port
+from gpufabric.sandbox.standin_kubelet import StandInKubelet, TokenRate
 from gpufabric.throughput.learning import MIN_SAMPLES, STORE_CONFIG_MAP
 from support import helm, prometheus
-from support.controlplane import ROOT, ControlPlane, free_port
 from support.prometheus import without_final_comparison
 from support.realcluster import (
     CONSOLE_SCRIPT,
@@ -50,7 +51,6 @@ from support.realcluster import (
     run_operator,
     wait_for,
 )
-from support.standin_kubelet import StandInKubelet, TokenRate
 
 NS = "agents"
 DASHBOARD = ROOT / "charts" / "gpu-fabric-operator" / "dashboards" / "gpu-fabric-operator.json"

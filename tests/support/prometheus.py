@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from support.controlplane import ROOT, die_with_parent, free_port
+from gpufabric.sandbox.controlplane import ROOT, die_with_parent, free_port
 
 PROMETHEUS = Path(os.environ.get("PROMETHEUS") or ROOT / ".tools" / "prometheus" / "usr" / "bin" / "prometheus")
 JOB = "gpu-fabric-operator"

@@ -25,8 +25,8 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from gpufabric.api.computenode import ComputeNode
-from support.controlplane import ROOT, ControlPlane, die_with_parent
-from support.standin_kubelet import StandInKubelet, node_for
+from gpufabric.sandbox.controlplane import ROOT, ControlPlane, die_with_parent
+from gpufabric.sandbox.standin_kubelet import StandInKubelet, node_for
 
 T = TypeVar("T")
 GROUP: Final = "gpufabric.io"

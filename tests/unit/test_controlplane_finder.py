@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from support.controlplane import CLIENT_BINARIES, CONTROL_PLANE_BINARIES, ControlPlaneUnavailableError, find_binaries
+from gpufabric.sandbox.controlplane import (
+    CLIENT_BINARIES,
+    CONTROL_PLANE_BINARIES,
+    ControlPlaneUnavailableError,
+    find_binaries,
+)
 
 NAMES = CONTROL_PLANE_BINARIES + CLIENT_BINARIES
 

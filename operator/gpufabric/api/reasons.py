@@ -13,6 +13,9 @@ KUBE_SCHEDULER_UNSCHEDULABLE = "Unschedulable"
 # Kubernetes' own word for a pod not yet running (status.phase), which the sandbox's simulated API server and
 # kubelets write; spelled here because one of our reasons happens to be the same word.
 POD_PHASE_PENDING = "Pending"
+# Node lifecycle's reason on the Ready=False condition it sets on the pods of an unreachable Node (the
+# sandbox's stand-in kubelets play node lifecycle on a real control plane).
+NODE_LIFECYCLE_NODE_NOT_READY = "NodeNotReady"
 
 
 class ConditionType(StrEnum):

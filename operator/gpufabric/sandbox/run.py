@@ -22,34 +22,40 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import kmock
 import kubernetes
 
 from gpufabric.api import labels
 from gpufabric.api.agentworkload import AgentWorkload
 from gpufabric.api.computenode import ComputeNode
 from gpufabric.api.reasons import ConditionReason, EventReason
+from gpufabric.controller.kube import COMPONENT
 from gpufabric.controller.reconciler import LoopSettings
 from gpufabric.controller.run import Operator, OperatorOptions
 from gpufabric.controller.scraper import ScrapeSettings
 from gpufabric.manifests import Fleet, ManifestError, load
 from gpufabric.sandbox import scenario as scenarios
-from gpufabric.sandbox.emulator import NODES, PODS, FabricEmulator, JsonDict
+from gpufabric.sandbox.cluster import (
+    AGENT_WORKLOADS,
+    COMPUTE_NODES,
+    EVENTS_KIND,
+    NAMESPACES_KIND,
+    NODES_KIND,
+    PODS_KIND,
+    Cluster,
+    ConflictError,
+    emulated,
+    real,
+)
+from gpufabric.sandbox.emulator import JsonDict
 from gpufabric.sandbox.engines import Counters, Endpoint, EngineFarm
-from gpufabric.sandbox.kubelet import SimulatedKubelet, node_ready
-from gpufabric.sandbox.nodes import device_plugin_resources, node_labels
+from gpufabric.sandbox.kubelet import node_ready
 from gpufabric.sandbox.operator_thread import OperatorThread
 from gpufabric.sandbox.snapshot import LogLine, NodeRow, Recovery, Scaling, Snapshot, Summary, WorkloadRow
 from gpufabric.sandbox.traffic import DEFAULT_UTILISATION, Hardware, Surge, demand_at, serve
 from gpufabric.sandbox.view import Display
 from gpufabric.vendors import Precision
 
-CN = "gpufabric.io/v1alpha1/computenodes"
-AW = "gpufabric.io/v1alpha1/agentworkloads"
-EVENTS = "v1/events"
-NAMESPACES = "v1/namespaces"
 OPERATOR_NAMESPACE = "gpufabric-system"
 # Loopback: every simulated engine listens at its pod's own address (127.100/16 is the e2e suite's kubelet's).
 POD_NETWORK = "127.101.0.0/16"
@@ -91,6 +97,7 @@ class SandboxOptions:
     metrics_port: int | None = None
     kubeconfig_out: Path | None = None
     seed: int = 0
+    control_plane: str = "emulator"  # or "real": kube-apiserver, kube-scheduler, kube-controller-manager
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,13 @@ def read_inputs(options: SandboxOptions) -> Inputs:
     duration = scenario.duration
     if options.metrics_port is not None and (busy := _port_in_use(options.metrics_port)):
         problems.append(f"--metrics-port {options.metrics_port}: {busy}")
+    if options.control_plane == "real":
+        from gpufabric.sandbox.controlplane import ControlPlaneUnavailableError, find_binaries  # noqa: PLC0415
+
+        try:
+            find_binaries()
+        except ControlPlaneUnavailableError as error:
+            problems.append(f"--control-plane real: {error}")
     if problems:
         raise SandboxError(problems)
     return Inputs(fleet, scenario, applied, duration, tuple(notices))
@@ -182,6 +196,31 @@ class Books:
     seen_events: set[str] = field(default_factory=set)
 
 
+@dataclass(frozen=True)
+class World:
+    """The objects, read once per tick."""
+
+    pods: list[JsonDict]
+    nodes: list[JsonDict]
+    compute_nodes: list[JsonDict]
+    workloads: list[JsonDict]
+    events: list[JsonDict]
+
+    def workload_map(self) -> dict[str, JsonDict]:
+        return {f"{w['metadata']['namespace']}/{w['metadata']['name']}": w for w in self.workloads}
+
+    def ready_replicas(self) -> list[tuple[str, int, tuple[str, ...]]]:
+        """(workload, replica, its nodes) of every replica whose rank-0 pod is Ready."""
+        found = []
+        for pod in self.pods:
+            meta = pod["metadata"]
+            if _pod_ready(pod) and (meta.get("labels") or {}).get(labels.RANK) == "0":
+                workload, replica = _replica_of(pod)
+                nodes = str((meta.get("annotations") or {}).get(labels.REPLICA_NODES, "")).split(",")
+                found.append((workload, replica, tuple(nodes)))
+        return found
+
+
 class Sandbox:
     def __init__(self, options: SandboxOptions, inputs: Inputs, display: Display) -> None:
         self.options = options
@@ -195,9 +234,7 @@ class Sandbox:
         self.declared_replicas = {w.key: w.spec.replicas for w in self._all_workloads()}
         self.failed: set[str] = set()
         self.started = 0.0
-        self.api_url = ""
-        self.api: FabricEmulator | None = None
-        self.kubelet: SimulatedKubelet | None = None
+        self._cluster: Cluster | None = None
         self.engines = EngineFarm()
         self.operator: OperatorThread | None = None
         self.next_event = 0
@@ -212,26 +249,25 @@ class Sandbox:
     # --- the run ----------------------------------------------------------------------------------------------
 
     async def run(self) -> Summary:
-        async with (
-            FabricEmulator(name_seed=self.options.seed, request_log_limit=REQUEST_LOG) as api,
-            kmock.Server(api) as server,
-        ):
-            self.api = api
-            self.api_url = str(server.url).rstrip("/")
-            self.kubelet = SimulatedKubelet(
-                api,
-                interval=0.2,
+        where: contextlib.AbstractAsyncContextManager[Cluster]
+        if self.options.control_plane == "real":
+            where = real(pod_network=POD_NETWORK)
+        else:
+            where = emulated(
+                seed=self.options.seed,
+                request_log=REQUEST_LOG,
+                pod_network=POD_NETWORK,
                 ready_after=POD_READY_AFTER_SECONDS,
                 terminate_after=POD_TERMINATE_AFTER_SECONDS,
-                pod_network=POD_NETWORK,
             )
-            self.kubelet.start()
+        async with where as cluster:
+            self._cluster = cluster
             await self.engines.start()
             try:
                 self.started = time.monotonic()
                 await self._create_objects()
                 if self.options.kubeconfig_out is not None:
-                    write_kubeconfig(self.options.kubeconfig_out, self.api_url)
+                    self.options.kubeconfig_out.write_text(cluster.kubeconfig(), encoding="utf-8")
                 self.operator = OperatorThread(self._operator())
                 with self.display, _logged_to(self):
                     try:
@@ -239,25 +275,33 @@ class Sandbox:
                     except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels the main task
                         self.interrupted = True
                         self.log_line("interrupted (Ctrl-C): stopping", "scenario")
-                        self.display.show(self.snapshot())
-                return self.summary()
+                        self.display.show(self.snapshot(await self._observe()))
+                return self.summary(await self._observe())
             finally:
                 if self.operator is not None:
                     await self.operator.finish(kill=False)
                 await self.engines.close()
-                await self.kubelet.stop()
+
+    @property
+    def cluster(self) -> Cluster:
+        assert self._cluster is not None, "run() first"
+        return self._cluster
+
+    async def _observe(self) -> World:
+        cluster = self.cluster
+        pods, nodes, compute_nodes, workloads, events = await asyncio.gather(
+            cluster.list(PODS_KIND),
+            cluster.list(NODES_KIND),
+            cluster.list(COMPUTE_NODES),
+            cluster.list(AGENT_WORKLOADS),
+            cluster.list(EVENTS_KIND),
+        )
+        return World(pods, nodes, compute_nodes, workloads, events)
 
     def _operator(self) -> Operator:
-        configuration = kubernetes.client.Configuration(host=self.api_url)
+        configuration = self.cluster.operator_configuration()
         configuration.connection_pool_maxsize = 32
         api_client = kubernetes.client.ApiClient(configuration)
-        url = self.api_url
-
-        def login(**_: Any) -> Any:
-            import kopf  # noqa: PLC0415 - only the operator thread needs it, and only here
-
-            return kopf.ConnectionInfo(server=url, insecure=True, token="sandbox")
-
         options = OperatorOptions(
             metrics_port=self.options.metrics_port,
             node_grace_seconds=NODE_GRACE_SECONDS,
@@ -267,26 +311,28 @@ class Sandbox:
             autoscale_stabilisation=AUTOSCALE_STABILISATION_SECONDS,
             loop=LoopSettings(),
         )
-        return Operator(options, api_client, login=login)
+        return Operator(options, api_client, login=self.cluster.login)
 
     async def _play(self) -> None:
         while self.elapsed < self.inputs.duration:
             if self.operator is not None and not self.operator.thread.is_alive():
                 raise RuntimeError("the operator inside the sandbox stopped") from self.operator.error
             await self._due_events()
-            await self._sync_engines()
-            self._note_operator_events()
-            self._note_recoveries()
-            self.display.show(self.snapshot())
+            world = await self._observe()
+            await self._sync_engines(world)
+            self._note_operator_events(world)
+            self._note_recoveries(world)
+            self.display.show(self.snapshot(world))
             await asyncio.sleep(TICK_SECONDS)
 
     # --- objects -----------------------------------------------------------------------------------------------
 
     async def _create_objects(self) -> None:
-        api = self._api()
         namespaces = {OPERATOR_NAMESPACE} | {w.namespace for w in self._all_workloads()}
         for namespace in sorted(namespaces):
-            await api.h_create(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+            with contextlib.suppress(ConflictError):  # a real API server has `default` already
+                body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
+                await self.cluster.create(NAMESPACES_KIND, body)
         for node in self.inputs.fleet.nodes:
             await self._add_node(node)
         for workload in self.inputs.fleet.workloads:
@@ -298,19 +344,13 @@ class Sandbox:
             yield from applied.workloads
 
     async def _add_node(self, node: ComputeNode) -> None:
-        assert self.kubelet is not None
-        await self.kubelet.add_node(node.spec.node_name, device_plugin_resources(node), labels=node_labels(node))
-        await self._api().h_create(
-            CN, node.model_dump(mode="json", by_alias=True, exclude={"status"}, exclude_none=True)
-        )
+        await self.cluster.add_node(node)
+        body = node.model_dump(mode="json", by_alias=True, exclude={"status"}, exclude_none=True)
+        await self.cluster.create(COMPUTE_NODES, body)
 
     async def _add_workload(self, workload: AgentWorkload) -> None:
         body = workload.model_dump(mode="json", by_alias=True, exclude={"status"}, exclude_none=True)
-        await self._api().h_create(AW, body, namespace=workload.namespace)
-
-    def _api(self) -> FabricEmulator:
-        assert self.api is not None, "run() first"
-        return self.api
+        await self.cluster.create(AGENT_WORKLOADS, body, namespace=workload.namespace)
 
     # --- the scenario ------------------------------------------------------------------------------------------
 
@@ -323,8 +363,7 @@ class Sandbox:
 
     async def _play_event(self, index: int, event: scenarios.Event) -> None:
         action = event.action
-        api = self._api()
-        assert self.kubelet is not None
+        cluster = self.cluster
         if isinstance(action, scenarios.Surge):
             start = self.elapsed
             self.surges[action.workload].append(Surge(start, start + action.for_seconds, action.factor))
@@ -333,27 +372,28 @@ class Sandbox:
             await self._fail_node(action.node)
         elif isinstance(action, scenarios.RecoverNode):
             self.failed.discard(action.node)
-            await self.kubelet.set_ready(action.node, True)
+            await cluster.recover_node(action.node)
             self.log_line(f"node {action.node} is back (Ready)", "scenario")
         elif isinstance(action, scenarios.AddNodes):
             await self._add_like(action.like, action.count)
         elif isinstance(action, scenarios.Scale):
             namespace, name = action.workload.split("/", 1)
-            await api.h_patch(AW, name, {"spec": {"replicas": action.replicas}}, namespace=namespace)
+            await cluster.patch(AGENT_WORKLOADS, name, {"spec": {"replicas": action.replicas}}, namespace=namespace)
             self.log_line(f"kubectl scale {action.workload} --replicas={action.replicas}", "scenario")
         elif isinstance(action, scenarios.Apply):
             applied = self.inputs.applied[index]
             for node in applied.nodes:
-                if api.get_object(CN, node.name) is None:
+                if await cluster.get(COMPUTE_NODES, node.name) is None:
                     await self._add_node(node)
                 else:  # as kubectl apply: the spec of one that exists is updated
-                    await api.h_patch(CN, node.name, {"spec": node.spec.model_dump(mode="json", by_alias=True)})
+                    spec = node.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+                    await cluster.patch(COMPUTE_NODES, node.name, {"spec": spec})
             for workload in applied.workloads:
-                if api.get_object(AW, workload.name, workload.namespace) is None:
+                if await cluster.get(AGENT_WORKLOADS, workload.name, workload.namespace) is None:
                     await self._add_workload(workload)
                 else:
                     spec = workload.spec.model_dump(mode="json", by_alias=True, exclude_unset=True)
-                    await api.h_patch(AW, workload.name, {"spec": spec}, namespace=workload.namespace)
+                    await cluster.patch(AGENT_WORKLOADS, workload.name, {"spec": spec}, namespace=workload.namespace)
             self.log_line(
                 f"applied {action.file}: {len(applied.nodes)} nodes, {len(applied.workloads)} workloads", "scenario"
             )
@@ -362,20 +402,20 @@ class Sandbox:
         """The machine stops: its Node goes NotReady, its engines stop answering, and the replicas with a pod
         there are noted, with how many Ready replicas their workload had, to time how long until it has as
         many again without that node (the operator may give a moved replica a new index)."""
-        assert self.kubelet is not None
+        world = await self._observe()  # before: a real node lifecycle marks its pods not Ready at once
         self.failed.add(name)
-        await self.kubelet.set_ready(name, False)
+        await self.cluster.fail_node(name)
         lost: set[tuple[str, int]] = set()
-        for pod in self._api().live_objects(PODS):
+        for pod in world.pods:
             if (pod.get("spec") or {}).get("nodeName") == name and not pod["metadata"].get("deletionTimestamp"):
                 lost.add(_replica_of(pod))
-        ready = Counter(workload for workload, _, _ in self._ready_replicas())
+        ready = Counter(workload for workload, _, _ in world.ready_replicas())
         for workload, replica in sorted(lost):
             self.books.recoveries.append(Replica(workload, replica, name, self.elapsed, ready[workload]))
         self.log_line(f"node {name} failed (NotReady): {len(lost)} replicas lost", "scenario")
 
     async def _add_like(self, like: str, count: int) -> None:
-        template = self._api().get_object(CN, like)
+        template = await self.cluster.get(COMPUTE_NODES, like)
         assert template is not None, f"{like}: checked before the start"
         for _ in range(count):
             self.added_nodes[like] += 1
@@ -387,13 +427,12 @@ class Sandbox:
 
     # --- engines -----------------------------------------------------------------------------------------------
 
-    async def _sync_engines(self) -> None:
-        api = self._api()
-        nodes = {n["metadata"]["name"]: node_ready(n) for n in api.live_objects(NODES)}
-        workloads = self._workloads()
+    async def _sync_engines(self, world: World) -> None:
+        nodes = {n["metadata"]["name"]: node_ready(n) for n in world.nodes}
+        workloads = world.workload_map()
         serving: dict[str, list[tuple[str, float]]] = defaultdict(list)  # workload -> (pod uid, capacity)
         wanted: dict[str, tuple[Endpoint, Counters]] = {}
-        for pod in api.live_objects(PODS):
+        for pod in world.pods:
             found = self._engine_of(pod, workloads, nodes)
             if found is None:
                 continue
@@ -477,12 +516,17 @@ class Sandbox:
     def log_line(self, text: str, source: str) -> None:
         self.books.log.append(LogLine(round(self.elapsed, 1), text, source))
 
-    def _note_operator_events(self) -> None:
-        for event in sorted(self._api().live_objects(EVENTS), key=_written_order):
+    def _note_operator_events(self, world: World) -> None:
+        for event in sorted(world.events, key=_written_order):
             uid = event["metadata"]["uid"]
             if uid in self.books.seen_events:
                 continue
             self.books.seen_events.add(uid)
+            # Ours only: a real cluster's controllers post their own (the EndpointSlice controller refuses
+            # the simulated pods' loopback addresses, which is the simulation's doing, not news).
+            reporter = event.get("reportingComponent") or (event.get("source") or {}).get("component")
+            if reporter != COMPONENT:
+                continue
             about = event.get("involvedObject") or {}
             name = "/".join(p for p in (about.get("namespace"), about.get("name")) if p)
             reason, message = event.get("reason", ""), event.get("message", "")
@@ -490,37 +534,22 @@ class Sandbox:
             if reason == EventReason.AUTOSCALED.value and (m := AUTOSCALED.match(message)):
                 self.books.scalings.append(Scaling(round(self.elapsed, 1), name, int(m[1]), int(m[2]), m[3]))
 
-    def _note_recoveries(self) -> None:
+    def _note_recoveries(self, world: World) -> None:
         pending = [r for r in self.books.recoveries if r.recovered_after is None]
         if not pending:
             return
-        ready = self._ready_replicas()
-        workloads = self._workloads()
+        ready = world.ready_replicas()
+        workloads = world.workload_map()
         for lost in pending:
             elsewhere = sum(1 for workload, _, nodes in ready if workload == lost.workload and lost.node not in nodes)
             wanted = (workloads.get(lost.workload, {}).get("spec") or {}).get("replicas", 0)
             if elsewhere >= min(lost.ready_before, wanted):
                 lost.recovered_after = round(self.elapsed - lost.failed_at, 1)
 
-    def _ready_replicas(self) -> list[tuple[str, int, tuple[str, ...]]]:
-        """(workload, replica, its nodes) of every replica whose rank-0 pod is Ready."""
-        found = []
-        for pod in self._api().live_objects(PODS):
-            meta = pod["metadata"]
-            if _pod_ready(pod) and (meta.get("labels") or {}).get(labels.RANK) == "0":
-                workload, replica = _replica_of(pod)
-                nodes = str((meta.get("annotations") or {}).get(labels.REPLICA_NODES, "")).split(",")
-                found.append((workload, replica, tuple(nodes)))
-        return found
-
-    def _workloads(self) -> dict[str, JsonDict]:
-        return {f"{w['metadata']['namespace']}/{w['metadata']['name']}": w for w in self._api().live_objects(AW)}
-
     # --- views -------------------------------------------------------------------------------------------------
 
-    def snapshot(self) -> Snapshot:
-        api = self._api()
-        ready = {n["metadata"]["name"]: node_ready(n) for n in api.live_objects(NODES)}
+    def snapshot(self, world: World) -> Snapshot:
+        ready = {n["metadata"]["name"]: node_ready(n) for n in world.nodes}
         nodes = tuple(
             NodeRow(
                 name=cn["metadata"]["name"],
@@ -531,14 +560,15 @@ class Sandbox:
                 used=(cn.get("status") or {}).get("allocatedDevices", 0),
                 ready=ready.get(cn["spec"]["nodeName"], False),
             )
-            for cn in api.live_objects(CN)
+            for cn in world.compute_nodes
         )
         return Snapshot(
             elapsed=self.elapsed,
             duration=self.inputs.duration,
             nodes=nodes,
-            workloads=tuple(self._workload_row(w) for w in api.live_objects(AW)),
+            workloads=tuple(self._workload_row(w) for w in world.workloads),
             log=tuple(self.books.log[-LOG_WINDOW:]),
+            api=self.cluster.description,
         )
 
     def _workload_row(self, body: JsonDict) -> WorkloadRow:
@@ -563,15 +593,14 @@ class Sandbox:
         baseline = self.baselines.get(key)
         return demand_at(self.elapsed, baseline, self.surges.get(key, [])) if baseline is not None else 0.0
 
-    def summary(self) -> Summary:
-        api = self._api()
+    def summary(self, world: World) -> Summary:
         per_vendor: Counter[str] = Counter()  # Ready replicas: their rank-0 pods Ready, by the pod's vendor
-        for pod in api.live_objects(PODS):
+        for pod in world.pods:
             meta, status = pod["metadata"], pod.get("status") or {}
             ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
             if ready and (meta.get("labels") or {}).get(labels.RANK) == "0" and not meta.get("deletionTimestamp"):
                 per_vendor[(meta.get("annotations") or {}).get(labels.VENDOR, "?")] += 1
-        rows = tuple(self._workload_row(w) for w in api.live_objects(AW))
+        rows = tuple(self._workload_row(w) for w in world.workloads)
         unplaced = tuple(
             f"{r.namespace}/{r.name}: {r.phase}" for r in rows if r.ready < r.replicas and r.phase != "Ready"
         )
@@ -641,18 +670,6 @@ def _logged_to(sandbox: Sandbox) -> Iterator[None]:
         yield
     finally:
         root.removeHandler(handler)
-
-
-def write_kubeconfig(path: Path, server: str) -> None:
-    """A kubeconfig for kubectl against the sandbox's API (plain HTTP on loopback, any token)."""
-    path.write_text(
-        "apiVersion: v1\nkind: Config\n"
-        f"clusters:\n- name: gpufabric-sandbox\n  cluster:\n    server: {server}\n"
-        "users:\n- name: sandbox\n  user:\n    token: sandbox\n"
-        "contexts:\n- name: gpufabric-sandbox\n  context:\n    cluster: gpufabric-sandbox\n    user: sandbox\n"
-        "current-context: gpufabric-sandbox\n",
-        encoding="utf-8",
-    )
 
 
 def run_sandbox(options: SandboxOptions, inputs: Inputs, display: Display) -> Summary:

@@ -1,16 +1,19 @@
-"""A stand-in for the kubelets (and for node lifecycle) against a real API server, for the e2e suite.
+"""A stand-in for the kubelets (and for node lifecycle) against a real API server: the e2e suite's, and
+`gpufabric sandbox --control-plane real`'s.
 
-`tests/support/kubelet.py` plays this part on the in-process emulator; this one talks to a real
+`kubelet.py` plays this part on the in-process emulator; this one talks to a real
 kube-apiserver through the official client, so everything it does goes through admission, RBAC,
 resourceVersions and the real scheduler's bindings. It runs in a thread and, every `interval` seconds:
 
 * posts each live Node's status (heartbeat): `lastHeartbeatTime` moves, `lastTransitionTime` stays while
   Ready does not change — as real kubelets do, so an operator that reacts to every Node update shows up;
 * takes each pod kube-scheduler bound to a live Node (`spec.nodeName`) to Running and Ready, with a
-  loopback address of its own (127.100.x.y) as `podIP`, and starts an HTTP server there on every
-  container port serving the serving engine's token counters (vLLM's names) at a rate the test sets;
+  loopback address of its own (127.100.x.y by default) as `podIP`, and (unless `serve_tokens` is off: the
+  sandbox runs its own engines) starts an HTTP server there on every container port serving the serving
+  engine's token counters (the engine's names) at a rate the test sets;
 * confirms deletions: a terminating pod on a live Node is stopped and removed (grace 0, uid precondition).
 
+`recover(node)` brings a failed Node back: Ready again, the taint lifted, heartbeats and pods resumed.
 `fail(node)` makes a Node silent — nothing posted for it, none of its pods started, stopped or confirmed —
 and, as node lifecycle does once a kubelet stops posting, sets its Ready condition to Unknown
 (`NodeStatusUnknown`) once and marks its pods not Ready. Its token servers stop (the machine is gone).
@@ -35,13 +38,13 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from gpufabric.api.computenode import ComputeNode
+from gpufabric.api.reasons import NODE_LIFECYCLE_NODE_NOT_READY, POD_PHASE_PENDING
 from gpufabric.engines import VLLM, Engine, MetricNames, profile
 from gpufabric.sandbox.nodes import device_plugin_resources
 
 HOSTNAME_LABEL: Final = "kubernetes.io/hostname"
 NODE_ALLOCATABLE: Final = {"cpu": "256", "memory": "2Ti", "pods": "110", "ephemeral-storage": "4Ti"}
 UNREACHABLE: Final = "node.kubernetes.io/unreachable"
-FIRST_POD_ADDRESS: Final = ipaddress.IPv4Address("127.100.0.1")
 
 
 def now() -> str:
@@ -117,8 +120,19 @@ def node_for(compute_node: ComputeNode) -> tuple[str, dict[str, str]]:
 
 
 class StandInKubelet:
-    def __init__(self, api_client: client.ApiClient, *, interval: float = 0.25, heartbeat: float = 10.0) -> None:
+    node_allocatable: Final = NODE_ALLOCATABLE
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        *,
+        interval: float = 0.25,
+        heartbeat: float = 10.0,
+        serve_tokens: bool = True,
+        pod_network: str = "127.100.0.0/16",
+    ) -> None:
         self.core: Any = client.CoreV1Api(api_client)
+        self.serve_tokens = serve_tokens
         self.interval = interval
         self.heartbeat = heartbeat
         self.nodes: dict[str, float] = {}  # live node -> last heartbeat (monotonic)
@@ -127,7 +141,7 @@ class StandInKubelet:
         self.engines: dict[str, TokenServer] = {}  # pod uid -> its engine
         self.errors: list[str] = []
         self._addresses: dict[str, str] = {}
-        self._next_address = FIRST_POD_ADDRESS
+        self._next_address = ipaddress.IPv4Network(pod_network).network_address + 1
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stand-in-kubelet", daemon=True)
@@ -163,11 +177,27 @@ class StandInKubelet:
         self.core.patch_node(name, {"spec": {"taints": [{"key": UNREACHABLE, "effect": "NoSchedule"}]}})
         for pod in self._pods(name):
             self._stop_engine(pod.metadata.uid)
-            conditions = [{"type": "Ready", "status": "False", "lastTransitionTime": now(), "reason": "NodeNotReady"}]
+            conditions = [
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "lastTransitionTime": now(),
+                    "reason": NODE_LIFECYCLE_NODE_NOT_READY,
+                }
+            ]
             with contextlib.suppress(ApiException):
                 self.core.patch_namespaced_pod_status(
                     pod.metadata.name, pod.metadata.namespace, {"status": {"conditions": conditions}}
                 )
+
+    def recover(self, name: str) -> None:
+        """The node's kubelet is back: Ready, untainted, posting again; its pods start anew on the next tick."""
+        ready = self._ready_condition("True", "KubeletReady", "kubelet is posting ready status", now())
+        self.core.patch_node_status(name, {"status": {"conditions": [ready]}})
+        self.core.patch_node(name, {"spec": {"taints": None}})
+        with self._lock:
+            self.silent.discard(name)
+            self.nodes[name] = time.monotonic()
 
     def set_rate(self, namespace: str, workload: str, rate: TokenRate) -> None:
         with self._lock:
@@ -230,7 +260,7 @@ class StandInKubelet:
                         grace_period_seconds=0, preconditions=client.V1Preconditions(uid=pod.metadata.uid)
                     )
                     self.core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, body=options)
-            elif pod.status.phase == "Pending":
+            elif pod.status.phase == POD_PHASE_PENDING:
                 self._start_pod(pod)
 
     def _start_pod(self, pod: Any) -> None:
@@ -239,7 +269,7 @@ class StandInKubelet:
         workload = (pod.metadata.labels or {}).get("gpufabric.io/workload", pod.metadata.name)
         ports = sorted({p.container_port for c in pod.spec.containers for p in c.ports or []})
         key = f"{pod.metadata.namespace}/{workload}"
-        if uid not in self.engines:
+        if uid not in self.engines and self.serve_tokens:
             engine_name = (pod.metadata.annotations or {}).get("gpufabric.io/engine", Engine.CUSTOM.value)
             names = profile(Engine(engine_name)).metrics
             with self._lock:

@@ -1,6 +1,6 @@
 """A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-scheduler and
-kube-controller-manager as child processes, for the e2e suite (and anyone who wants one by hand:
-`python -m support.controlplane` from `tests/` prints a kubeconfig and waits).
+kube-controller-manager as child processes: the e2e suite's, `gpufabric sandbox --control-plane real`'s, and
+anyone's who wants one by hand (`python -m gpufabric.sandbox.controlplane` prints a kubeconfig and waits).
 
 Binaries are found the way controller-runtime's envtest finds them, one by one: `$KUBEBUILDER_ASSETS` first
 (so `setup-envtest` binaries work), then `.tools/` (what `make tools` unpacked), then the xz archives in
@@ -49,7 +49,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
-ROOT: Final = Path(__file__).resolve().parents[2]
+# The repository (operator/gpufabric/sandbox/ is three levels down): `.tools/` and `../shared/kube/` are found
+# from a checkout; an installed package finds the binaries through $KUBEBUILDER_ASSETS.
+ROOT: Final = Path(__file__).resolve().parents[3]
 TOOLS: Final = ROOT / ".tools"
 SHARED_KUBE: Final = ROOT.parent / "shared" / "kube"
 ADMIN_TOKEN: Final = "gpufabric-e2e-admin"
