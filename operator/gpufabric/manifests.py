@@ -128,18 +128,6 @@ class _TooLargeError(Exception):
     pass
 
 
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    """`line 3, column 7: found duplicate anchor` rather than PyYAML's multi-line report."""
-    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
-        mark = error.problem_mark
-        what = error.problem or "syntax error"
-        context = f" ({error.context})" if error.context else ""
-        if "exceeded maximum nesting depth" in what:
-            what, context = "nested deeper than the YAML parser allows", ""
-        return f"line {mark.line + 1}, column {mark.column + 1}: {what}{context}"
-    return str(error).replace("\n", " ")
-
-
 def _documents(path: Path, stdin: IO[str] | None) -> Iterator[tuple[str, yamlload.Loaded]]:
     """(where, document) for each YAML document in the file, read one at a time; `kind: List` is unpacked.
     A file that stops being readable part-way raises ManifestError after the documents before it."""
@@ -169,9 +157,9 @@ def _documents(path: Path, stdin: IO[str] | None) -> Iterator[tuple[str, yamlloa
     except yamlload.DuplicateKeyError as error:
         raise ManifestError([f"{name}: {error}"]) from None
     except yamlload.TooDeepError as error:
-        raise ManifestError([f"{name}: {_yaml_problem(error)}"]) from None
+        raise ManifestError([f"{name}: {yamlload.problem(error)}"]) from None
     except yaml.YAMLError as error:
-        raise ManifestError([f"{name}: not valid YAML: {_yaml_problem(error)}"]) from None
+        raise ManifestError([f"{name}: not valid YAML: {yamlload.problem(error)}"]) from None
     except RecursionError:  # the pure-Python parser, when libyaml is missing
         raise ManifestError([f"{name}: not valid YAML: nested deeper than the YAML parser allows"]) from None
 

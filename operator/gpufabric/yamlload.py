@@ -166,3 +166,16 @@ def load_all(text: str | bytes | IO[str] | IO[bytes], *, max_depth: int = Strict
             yield Loaded(document, loader.aliased, loader.nulls)
     finally:
         loader.dispose()
+
+
+def problem(error: yaml.YAMLError) -> str:
+    """One line for a YAML error: `line 3, column 7: found duplicate anchor` rather than PyYAML's report over
+    several lines (manifests and scenario files word their errors the same way)."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        what = error.problem or "syntax error"
+        context = f" ({error.context})" if error.context else ""
+        if "exceeded maximum nesting depth" in what:
+            what, context = "nested deeper than the YAML parser allows", ""
+        return f"line {mark.line + 1}, column {mark.column + 1}: {what}{context}"
+    return str(error).replace("\n", " ")

@@ -288,9 +288,9 @@ def _read_document(path: Path, where: str) -> Any:
     except yamlload.DuplicateKeyError as error:
         raise ScenarioError([f"{where}: {error}"]) from None
     except yamlload.TooDeepError as error:
-        raise ScenarioError([f"{where}: {_marked(error)}"]) from None
+        raise ScenarioError([f"{where}: {yamlload.problem(error)}"]) from None
     except yaml.YAMLError as error:
-        raise ScenarioError([f"{where}: not valid YAML: {_marked(error)}"]) from None
+        raise ScenarioError([f"{where}: not valid YAML: {yamlload.problem(error)}"]) from None
     if len(documents) > 1:
         raise ScenarioError([f"{where}: holds {len(documents)} YAML documents; a scenario is one"])
     return documents[0] if documents else None
@@ -306,15 +306,6 @@ def _unreadable(data: bytes, error: yaml.reader.ReaderError) -> str:
         return f"not UTF-8 text: line {line} has the byte 0x{data[decoding.start]:02x}"
     line = data[: error.position].count(b"\n") + 1
     return f"line {line}: {error.reason}"
-
-
-def _marked(error: yaml.YAMLError) -> str:
-    """`line 3, column 7: could not find expected ':'` rather than PyYAML's report over several lines."""
-    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
-        context = f" ({error.context})" if error.context else ""
-        mark = error.problem_mark
-        return f"line {mark.line + 1}, column {mark.column + 1}: {error.problem or 'syntax error'}{context}"
-    return str(error).replace("\n", " ")
 
 
 # --- pydantic's errors in words ----------------------------------------------------------------------------
