@@ -269,3 +269,28 @@ async def test_metrics_and_liveness_endpoints(cluster: Cluster) -> None:
             assert response.status == 200
             health = await response.json()
     assert health["reconciler"]["passes"] >= 1
+
+
+async def test_only_our_pods_and_services_are_listed_and_watched(cluster: Cluster) -> None:
+    """The API server filters them (labelSelector on every pods and Services list and watch): a cluster's other
+    pods never stream through the operator."""
+    await small_fleet(cluster)
+    for index in range(3):
+        other = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"other-{index}", "namespace": "agents"}}
+        await cluster.api.h_create("v1/pods", other | {"spec": {"containers": [{"name": "c", "image": "i"}]}})
+    await cluster.apply(chat(replicas=1))
+    cluster.start_operator()
+    await eventually(partial(cluster.ready, "agents", "chat"), timeout=20, message="chat ready")
+    reads = [
+        request
+        for request in cluster.api
+        if request.method.value == "GET"
+        and request.resource is not None
+        and request.resource.plural in ("pods", "services")
+        and request.resource.group == ""
+        and request.headers.get("X-Harness") != "1"
+        and request.name is None  # collections: list and watch
+    ]
+    assert {r.resource.plural for r in reads if r.resource is not None} == {"pods", "services"}
+    selectors = {r.params.get("labelSelector") for r in reads}
+    assert selectors == {"app.kubernetes.io/managed-by=gpu-fabric-operator"}, selectors

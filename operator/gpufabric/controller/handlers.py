@@ -23,6 +23,9 @@ from gpufabric.reconcile.observe import NotOurs, agent_workload, compute_node, n
 
 log = logging.getLogger(__name__)
 MANAGED = {labels.MANAGED_BY: labels.MANAGER}
+MANAGED_SELECTOR = f"{labels.MANAGED_BY}={labels.MANAGER}"
+# The core resources the operator watches only its own of.
+SELECTED = ("pods", "services")
 
 
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, *, discover_nodes: bool = False) -> None:
@@ -42,6 +45,11 @@ def register_indexes(registry: kopf.OperatorRegistry, reconciler: Reconciler) ->
         # and they stay the same live objects afterwards.
         reconciler.bind({name: kwargs[name] for name in kwargs if name.startswith("gf_")})
         settings.posting.level = logging.WARNING
+        # Only our pods and Services, filtered by the API server: kopf's `labels=` filters after receiving,
+        # so without this every pod of the cluster would stream through the operator. (Startup handlers run
+        # before kopf's watchers, which read the setting.)
+        for plural in SELECTED:
+            settings.watching.label_selectors["v1", plural] = MANAGED_SELECTOR
 
     # --- indexes ---------------------------------------------------------------------------------------
     # Explicit ids: kopf passes each index to handlers under its handler id, which would otherwise be the
