@@ -429,7 +429,8 @@ class Sandbox:
 
     async def _sync_engines(self, world: World) -> None:
         nodes = {n["metadata"]["name"]: node_ready(n) for n in world.nodes}
-        workloads = world.workload_map()
+        # Parsed once a tick, not once per pod: a workload's replicas all read the same spec.
+        workloads = {key: AgentWorkload.model_validate(body) for key, body in world.workload_map().items()}
         serving: dict[str, list[tuple[str, float]]] = defaultdict(list)  # workload -> (pod uid, capacity)
         wanted: dict[str, tuple[Endpoint, Counters]] = {}
         for pod in world.pods:
@@ -462,16 +463,16 @@ class Sandbox:
         return self.inputs.scenario.noise
 
     def _engine_of(
-        self, pod: JsonDict, workloads: Mapping[str, JsonDict], nodes: Mapping[str, bool]
+        self, pod: JsonDict, workloads: Mapping[str, AgentWorkload], nodes: Mapping[str, bool]
     ) -> tuple[str, str, Endpoint, Counters, float, bool] | None:
         """The engine a pod runs, if it runs one now: rank 0 of a replica, Running with an address, on a live
         node."""
         meta, status = pod["metadata"], pod.get("status") or {}
         pod_labels, notes = meta.get("labels") or {}, meta.get("annotations") or {}
         key = f"{meta.get('namespace')}/{pod_labels.get(labels.WORKLOAD)}"
-        body = workloads.get(key)
+        workload = workloads.get(key)
         if (
-            body is None
+            workload is None
             or pod_labels.get(labels.RANK) != "0"
             or status.get("phase") != "Running"
             or not status.get("podIP")
@@ -479,7 +480,6 @@ class Sandbox:
             or not nodes.get((pod.get("spec") or {}).get("nodeName", ""), False)
         ):
             return None
-        workload = AgentWorkload.model_validate(body)
         vendor = next((v for v in workload.spec.runtimes if v.value == notes.get(labels.VENDOR)), None)
         if vendor is None:
             return None
