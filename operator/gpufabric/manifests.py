@@ -154,12 +154,8 @@ def _documents(path: Path, stdin: IO[str] | None) -> Iterator[tuple[str, yamlloa
         raise ManifestError([f"{name}: {_unreadable_text(data, error.position, error.reason)}"]) from None
     except _TooLargeError:
         raise ManifestError([f"{name}: larger than {MAX_FILE_BYTES >> 20} MiB: split it into several files"]) from None
-    except yamlload.DuplicateKeyError as error:
-        raise ManifestError([f"{name}: {error}"]) from None
-    except yamlload.TooDeepError as error:
-        raise ManifestError([f"{name}: {yamlload.problem(error)}"]) from None
     except yaml.YAMLError as error:
-        raise ManifestError([f"{name}: not valid YAML: {yamlload.problem(error)}"]) from None
+        raise ManifestError([f"{name}: {yamlload.problem(error)}"]) from None
     except RecursionError:  # the pure-Python parser, when libyaml is missing
         raise ManifestError([f"{name}: not valid YAML: nested deeper than the YAML parser allows"]) from None
 

@@ -169,8 +169,17 @@ def load_all(text: str | bytes | IO[str] | IO[bytes], *, max_depth: int = Strict
 
 
 def problem(error: yaml.YAMLError) -> str:
-    """One line for a YAML error: `line 3, column 7: found duplicate anchor` rather than PyYAML's report over
-    several lines (manifests and scenario files word their errors the same way)."""
+    """One line for a YAML error, as manifests and scenario files both word it: a key given twice names both
+    lines, nesting too deep its line, anything else is `not valid YAML: line 3, column 7: found duplicate
+    anchor` rather than PyYAML's report over several lines."""
+    if isinstance(error, DuplicateKeyError):
+        return str(error)
+    if isinstance(error, TooDeepError):
+        return _marked(error)
+    return f"not valid YAML: {_marked(error)}"
+
+
+def _marked(error: yaml.YAMLError) -> str:
     if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
         mark = error.problem_mark
         what = error.problem or "syntax error"

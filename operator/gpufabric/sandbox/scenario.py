@@ -285,12 +285,8 @@ def _read_document(path: Path, where: str) -> Any:
         documents = [loaded.document for loaded in yamlload.load_all(data, max_depth=MAX_DEPTH)]
     except yaml.reader.ReaderError as error:
         raise ScenarioError([f"{where}: {_unreadable(data, error)}"]) from None
-    except yamlload.DuplicateKeyError as error:
-        raise ScenarioError([f"{where}: {error}"]) from None
-    except yamlload.TooDeepError as error:
-        raise ScenarioError([f"{where}: {yamlload.problem(error)}"]) from None
     except yaml.YAMLError as error:
-        raise ScenarioError([f"{where}: not valid YAML: {yamlload.problem(error)}"]) from None
+        raise ScenarioError([f"{where}: {yamlload.problem(error)}"]) from None
     if len(documents) > 1:
         raise ScenarioError([f"{where}: holds {len(documents)} YAML documents; a scenario is one"])
     return documents[0] if documents else None
