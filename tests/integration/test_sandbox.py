@@ -196,3 +196,19 @@ def test_ctrl_c_stops_everything_and_still_prints_the_summary(tmp_path: Path) ->
     assert "Traceback" not in err, err
     kubeconfig = (tmp_path / "kubeconfig").read_text()
     assert "server: http://127.0.0.1:" in kubeconfig
+
+
+def test_a_real_control_plane_without_its_binaries_is_refused_before_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real finder, pointed at empty places: the problem names what is missing and where it looked."""
+    from gpufabric.sandbox import controlplane  # noqa: PLC0415
+
+    monkeypatch.delenv("KUBEBUILDER_ASSETS", raising=False)
+    finder = controlplane.find_binaries
+    monkeypatch.setattr(controlplane, "find_binaries", lambda: finder(tools=tmp_path, shared=tmp_path / "shared"))
+    with pytest.raises(SandboxError) as refused:
+        read_inputs(options(control_plane="real"))
+    (problem,) = refused.value.problems
+    assert problem.startswith("--control-plane real: no etcd, kube-apiserver")
+    assert str(tmp_path) in problem
