@@ -21,6 +21,7 @@ import argparse
 import copy
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -140,6 +141,8 @@ class Row:
     cpu_s: float
     rss_mb: float
     node_loss_s: float | None
+    # writes by resource ("pods", "agentworkloads/status", "events", ...)
+    writes_by_resource: dict[str, int]
 
 
 def placed_times(custom: Any) -> dict[str, float]:
@@ -152,7 +155,36 @@ def placed_times(custom: Any) -> dict[str, float]:
     return found
 
 
-def measure(size: int, timeout: float) -> Row:
+def start_profiler(pid: int, folder: Path | None, size: int) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling the operator into collapsed stacks (`--profile DIR`), or nothing."""
+    if folder is None:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    output = folder / f"operator-{size}.txt"
+    py_spy = Path(sys.executable).with_name("py-spy")
+    command = [
+        str(py_spy),
+        "record",
+        "--pid",
+        str(pid),
+        "--format",
+        "raw",
+        "--rate",
+        "50",
+        "--gil",
+        "--output",
+        str(output),
+    ]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profiler(profiler: subprocess.Popen[bytes] | None) -> None:
+    if profiler is not None:
+        profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        profiler.wait(timeout=60)
+
+
+def measure(size: int, timeout: float, profile: Path | None = None) -> Row:
     nodes, bodies = fleet(size), workloads(size)
     wanted, engine_seconds = placeable(nodes, bodies)
     with ControlPlane(find_binaries(), audited_users=(USER,)) as plane:
@@ -176,6 +208,7 @@ def measure(size: int, timeout: float) -> Row:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "POD_NAMESPACE": OPERATOR_NAMESPACE},
             )
+            profiler = start_profiler(operator.pid, profile, size)
             try:
                 time.sleep(3)  # logged in and leading before the workloads arrive
                 created: dict[str, float] = {}
@@ -198,13 +231,21 @@ def measure(size: int, timeout: float) -> Row:
                 node_loss = lose_a_node(kubelet, core, pods)
                 cpu, rss = process_usage(operator.pid)
             finally:
+                stop_profiler(profiler)
                 operator.terminate()
                 operator.wait(timeout=30)
                 log.close()
             verbs = Counter[tuple[str, bool]]()
+            by_resource = Counter[str]()
             for event in plane.audit_events():
                 if event["user"]["username"] == USER:
-                    verbs[(event["verb"], (event.get("objectRef") or {}).get("subresource") == "status")] += 1
+                    ref = event.get("objectRef") or {}
+                    verbs[(event["verb"], ref.get("subresource") == "status")] += 1
+                    if event["verb"] in WRITE_VERBS:
+                        resource = ref.get("resource", "?") + (
+                            f"/{ref['subresource']}" if ref.get("subresource") else ""
+                        )
+                        by_resource[resource] += 1
         finally:
             kubelet.stop()
             admin.close()
@@ -224,6 +265,7 @@ def measure(size: int, timeout: float) -> Row:
         cpu_s=cpu,
         rss_mb=rss,
         node_loss_s=node_loss,
+        writes_by_resource=dict(by_resource),
     )
 
 
@@ -249,9 +291,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100 nodes and 100 workloads only")
     parser.add_argument("--sizes", default="100,1000,5000")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for every placement")
+    parser.add_argument("--profile", type=Path, help="write py-spy collapsed stacks of the operator into DIR")
     args = parser.parse_args()
     sizes = [100] if args.quick else [int(s) for s in args.sizes.split(",")]
-    rows = [measure(size, args.timeout) for size in sizes]
+    rows = [measure(size, args.timeout, args.profile) for size in sizes]
     header = (
         f"{'size':>6} {'placed':>11} {'all placed s':>12} {'p50 s':>6} {'p99 s':>6} {'engine s':>8} {'ratio':>7} "
         f"{'reads':>6} {'writes':>6} {'status':>6} {'writes/pod':>10} {'cpu s':>6} {'rss MB':>7} {'node loss s':>11}"
@@ -264,6 +307,12 @@ def main() -> None:
             f"{r.engine_s:>8.3f} {r.all_placed_s / max(r.engine_s, 1e-9):>6.0f}x {r.reads:>6} {r.writes:>6} "
             f"{r.status_patches:>6} {r.writes / max(r.pods, 1):>10.2f} {r.cpu_s:>6.1f} {r.rss_mb:>7.0f} {loss:>11}"
         )
+    print("\nwrites per placed pod, by resource")
+    resources = sorted({resource for r in rows for resource in r.writes_by_resource})
+    print(f"{'size':>6} " + " ".join(f"{resource:>22}" for resource in resources))
+    for r in rows:
+        shares = (r.writes_by_resource.get(resource, 0) / max(r.pods, 1) for resource in resources)
+        print(f"{r.size:>6} " + " ".join(f"{share:>22.2f}" for share in shares))
     last = rows[-1]
     print(
         json.dumps(
