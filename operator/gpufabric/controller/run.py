@@ -18,6 +18,7 @@ from kubernetes import client
 from prometheus_client import start_http_server
 
 from gpufabric import credentials
+from gpufabric.controller import kopf_scale
 from gpufabric.controller.handlers import register
 from gpufabric.controller.kube import Kube
 from gpufabric.controller.leader import Leadership
@@ -110,6 +111,7 @@ class Operator:
     def __post_init__(self) -> None:
         self.kube = Kube(
             self.api_client,
+            threads=self.options.loop.concurrency,
             on_write=lambda verb, resource: self.metrics.writes.labels(verb=verb, resource=resource).inc(),
         )
         self.tokens = TokenTracker(
@@ -182,9 +184,10 @@ class Operator:
         if self.options.metrics_port is not None:
             metrics_server, _ = start_http_server(self.options.metrics_port, registry=self.metrics.registry)
         liveness = f"http://0.0.0.0:{self.options.health_port}/healthz" if self.options.health_port else None
-        # Ours, so it can be shut down: kopf runs sync handlers (the indexes) in this executor and leaves
+        # Ours, so it can be shut down: kopf runs sync handlers (the probe) in this executor and leaves
         # its threads behind when it stops, which matters wherever the process outlives the operator.
         settings = kopf.OperatorSettings()
+        kopf_scale.apply()
         try:
             await kopf.operator(
                 registry=self.registry,
@@ -202,6 +205,7 @@ class Operator:
             for task in self._tasks:
                 task.cancel()
             settings.execution.executor.shutdown(wait=True, cancel_futures=True)
+            self.kube.close()
             if metrics_server is not None:
                 metrics_server.shutdown()
                 metrics_server.server_close()
