@@ -440,7 +440,10 @@ def _add_operator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         type=cliargs.number(0, MAX_NODE_GRACE_SECONDS, unit="seconds"),
         default=30.0,
         metavar="SECONDS",
-        help=f"how long a Node may be NotReady before its replicas move, 0 to {MAX_NODE_GRACE_SECONDS} (default 30)",
+        help=(
+            f"how long a Node may be NotReady before its pods are force-deleted and all its replicas move "
+            f"(replicas it no longer serves are replaced at once), 0 to {MAX_NODE_GRACE_SECONDS} (default 30)"
+        ),
     )
     run.add_argument(
         "--scrape-interval",

@@ -4,6 +4,7 @@ does, and checks what a user would see — pods, Services, status, events."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from datetime import timedelta
 
@@ -41,7 +42,9 @@ class TestPlacingAndStatus:
         assert cluster.condition(key, "Placed")["status"] == "True"
         assert cluster.condition(key, "Ready")["reason"] == "AllReplicasReady"
         assert cluster.condition(key, "Degraded")["status"] == "False"
-        assert reasons(cluster)["Placed"] == 2
+        # one Placed event per workload per pass, naming each replica
+        (placed,) = [e for e in cluster.events if e.reason == "Placed"]
+        assert re.fullmatch(r"replica 0 placed on nvidia .*; replica 1 placed on nvidia .*", placed.message)
         node_status = cluster.compute_nodes["h1"]["status"]
         assert (node_status["allocatedDevices"], node_status["freeDevices"]) == (2, 6)
         assert node_status["workloads"] == [{"namespace": "default", "name": "chat", "devices": 2}]
@@ -202,6 +205,43 @@ class TestNodeLoss:
         (after,) = placements(cluster, key).values()
         assert after != before
         assert reasons(cluster)["Rescheduled"] == 1
+
+    def test_replicas_a_not_ready_node_no_longer_serves_are_replaced_within_the_grace(self) -> None:
+        cluster = fleet("h1", "h2", "h3")
+        key = cluster.add_workload(workload("chat", replicas=2, devicesPerReplica=8, runtimes=("nvidia",)))
+        cluster.settle()
+        before = placements(cluster, key)
+        dead = before[0][0]
+        cluster.set_ready(dead, False)
+        for pod in cluster.pods.values():  # node lifecycle marks the pods of a NotReady node not Ready
+            if (
+                pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+                    "nodeSelectorTerms"
+                ][0]["matchExpressions"][0]["values"][0]
+                == dead
+            ):
+                pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}]}
+        cluster.advance(2)
+        outcome = cluster.step(kubelet=False)
+        created = [a for a in outcome.actions if isinstance(a, CreatePod)]
+        assert len(created) == 1, "the replica that serves nothing is replaced at once"
+        assert not [a for a in outcome.actions if isinstance(a, DeletePod)], "its pods stay until the grace ends"
+        assert outcome.wake_at == cluster.now + timedelta(seconds=28)
+        (draining,) = [e for e in cluster.events if e.reason == "Draining"]
+        assert draining.type.value == "Warning"
+        assert f"replica 0 on {dead}" in draining.message
+        assert "not Ready for 2s" in draining.message
+        cluster.step()  # the replacement runs; the replica it replaces is let go (gracefully: still in grace)
+        cluster.step()
+        deleted = [a for a in cluster.applied if isinstance(a, DeletePod)]
+        assert [d.target.name for d in deleted] == ["chat-0-0"], "the replaced replica is let go"
+        assert not deleted[0].force, "gracefully: its node is still in its grace"
+        cluster.advance(30)
+        cluster.settle()
+        after = placements(cluster, key)
+        assert len(after) == 2
+        assert all(dead not in nodes for nodes in after.values())
+        assert (len(cluster.pods_of(key))) == 2
 
     def test_a_gang_moves_together_when_one_of_its_nodes_is_lost(self) -> None:
         cluster = FakeCluster().fleet(node(f"h{i}", H100, domain="a") for i in range(4))

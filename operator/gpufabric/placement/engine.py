@@ -97,6 +97,10 @@ def place(
 
     decisions: list[Decision] = []
     refusals: list[Refusal] = []
+    # Explanations by (spec, decisions so far): a fleet with many unplaceable copies of one workload (the
+    # same spec under many names) explains it once per change of the snapshot, not once per copy. Each
+    # explanation reads every node, so this was nodes x refused workloads on every pass.
+    explained: dict[tuple[str, int], str] = {}
     for index, request in enumerate(ordered):
         plan = plans[request.workload.key]
         choice = _choose(snapshot, plan, market, weights) if plan.refusal is None else None
@@ -109,7 +113,11 @@ def place(
             continue
         if plan.refusal is None:
             # Free devices only shrink during a pass, so the workload's later replicas fail the same way.
-            plan.refusal = explain(snapshot, plan.request.spec, plan.candidates, plan.selected, plan.domain_allowed)
+            key = (plan.request.spec.model_dump_json(), len(decisions))
+            if key not in explained:
+                spec = plan.request.spec
+                explained[key] = explain(snapshot, spec, plan.candidates, plan.selected, plan.domain_allowed)
+            plan.refusal = explained[key]
         refusals.append(Refusal(request.workload.key, request.replica, plan.refusal))
     return PlacementResult(tuple(decisions), tuple(refusals))
 

@@ -64,6 +64,8 @@ class ApplyConfigMap:
     verb: ClassVar[str] = "apply-config-map"
     manifest: dict[str, Any]
     about: ObjectRef
+    # for a replica placed this pass: most likely absent, so create first (one write, not a 404 then a create)
+    new: bool = False
 
     @property
     def target(self) -> ObjectRef:

@@ -7,7 +7,8 @@ small frozen result (and the writes and events it asks for):
 1. `find_losses`: which ComputeNodes' replicas must move now (deleted or cordoned ComputeNode, Node deleted
    or NotReady past the grace period), and when the next grace period ends.
 2. `triage`: each replica in the pod ledger is kept, moved off a lost node (its pods force-deleted), marked
-   for draining (cordoned: replaced first), replaced (inconsistent pods) or completed (missing ranks).
+   for draining (cordoned, or NotReady within its grace: replaced first), replaced (inconsistent pods) or
+   completed (missing ranks).
 3. `step_workloads`: each workload's next step (workloads.py): replicas to add, to remove, a rolling-update
    surge.
 4. `place_pending`: every pending replica of every workload in one engine pass (priority, then age), against
@@ -48,7 +49,7 @@ from gpufabric.reconcile.actions import (
 )
 from gpufabric.reconcile.conditions import same
 from gpufabric.reconcile.ledger import LedgerReplica, fleet_snapshot, replicas_of
-from gpufabric.reconcile.state import ClusterState
+from gpufabric.reconcile.state import ClusterState, OwnedService
 from gpufabric.reconcile.status import (
     Holding,
     TargetReport,
@@ -158,10 +159,14 @@ def find_losses(state: ClusterState, ledger: Sequence[LedgerReplica], grace: tim
         elif not health.ready:
             since = health.since or state.now
             deadline = since + grace
+            down = int((state.now - since).total_seconds())
             if state.now >= deadline:
-                down = int((state.now - since).total_seconds())
                 lost[name] = Loss(f"Node {compute_node.spec.node_name} not Ready for {down}s", force=True)
-            elif wake_at is None or deadline < wake_at:
+                continue
+            # Within the grace its pods are not force-deleted (the node may come back), but its replicas
+            # that no longer serve are replaced now, as on a cordoned node.
+            lost[name] = Loss(f"Node {compute_node.spec.node_name} not Ready for {down}s", force=False)
+            if wake_at is None or deadline < wake_at:
                 wake_at = deadline
     return Losses(lost, wake_at)
 
@@ -262,6 +267,11 @@ def step_workloads(state: ClusterState, triaged: Triage) -> Stepped:
                 f"{', '.join(plan.fallback.nodes)}: {draining[plan.fallback.replica]}"
             )
             events.append(_event(workload, EventType.NORMAL, EventReason.DRAINING, replacing))
+        if plan.replacing:
+            replacing = "; ".join(f"replica {r.replica} on {', '.join(r.nodes)}" for r in plan.replacing)
+            why = "; ".join(dict.fromkeys(draining[r.replica] for r in plan.replacing))
+            message = f"replacing what serves nothing now ({replacing}): {why}"
+            events.append(_event(workload, EventType.WARNING, EventReason.DRAINING, message))
         for replica, reason in plan.remove:
             actions += _delete_replica(replica, force=False)
             live[key] = tuple(r for r in live[key] if r is not replica)
@@ -299,12 +309,17 @@ def place_pending(state: ClusterState, ledger: Sequence[LedgerReplica], stepped:
     placements: dict[str, list[ReplicaPlacement]] = defaultdict(list)
     actions: list[Action] = []
     events: list[Event] = []
+    placed_messages: dict[str, list[str]] = defaultdict(list)
     for decision in result.decisions:
         workload = state.workloads[decision.workload]
         placement = _placement(decision.replica, decision)
         placements[decision.workload].append(placement)
         actions += [CreatePod(pod, workload.ref) for pod in render_replica_pods(workload, placement, specs)]
-        events.append(_event(workload, EventType.NORMAL, EventReason.PLACED, _placed_message(decision, stepped)))
+        placed_messages[decision.workload].append(_placed_message(decision, stepped))
+    # One Placed event per workload per pass, naming every replica placed: a workload scaled to 30 is one
+    # write, not 30 (the condition and status.placements carry the details anyway).
+    for key, messages in placed_messages.items():
+        events.append(_event(state.workloads[key], EventType.NORMAL, EventReason.PLACED, "; ".join(messages)))
     refusals: dict[str, str] = {}
     for refusal in result.refusals:
         fallback = stepped.surges.get((refusal.workload, refusal.replica))
@@ -348,6 +363,14 @@ def services(state: ClusterState, live: Live, placements: Mapping[str, tuple[Rep
     """Each workload's client Service; a headless Service per gang replica (its ranks find rank 0 by it),
     removed once the replica is gone."""
     actions: list[Action] = []
+    # Grouped by workload once: each workload then looks at its own pods and Services only.
+    replicas_with_pods: dict[ObjectRef, set[int]] = defaultdict(set)
+    for pod in state.pods:
+        replicas_with_pods[pod.workload].add(pod.replica)
+    replica_services: dict[ObjectRef, list[OwnedService]] = defaultdict(list)
+    for _, owned in sorted(state.services.items()):
+        if owned.replica is not None:
+            replica_services[owned.workload].append(owned)
     for key, workload in sorted(state.workloads.items()):
         namespace, ref = workload.namespace, workload.ref
         if f"{namespace}/{client_service_name(workload.name)}" not in state.services:
@@ -357,9 +380,9 @@ def services(state: ClusterState, live: Live, placements: Mapping[str, tuple[Rep
         for replica in sorted(gangs):
             if f"{namespace}/{replica_service_name(workload.name, replica)}" not in state.services:
                 actions.append(CreateService(render_replica_service(workload, replica), ref))
-        pods_left = {p.replica for p in state.pods if p.workload == ref}
-        for _, owned in sorted(state.services.items()):
-            if owned.workload == ref and owned.replica is not None and owned.replica not in gangs | pods_left:
+        pods_left = replicas_with_pods.get(ref, set())
+        for owned in replica_services.get(ref, ()):
+            if owned.replica not in gangs | pods_left:
                 actions.append(DeleteService(owned.ref, ref))
     return Changes(tuple(actions))
 
@@ -370,11 +393,11 @@ def engine_configs(state: ClusterState, live: Live, placements: Mapping[str, tup
     or the operator restarts."""
     actions: list[Action] = []
     for key, workload in sorted(state.workloads.items()):
-        running = [_placement(r.replica, r) for r in live.get(key, ())]
-        for placement in (*running, *placements.get(key, ())):
+        running = [(_placement(r.replica, r), False) for r in live.get(key, ())]
+        for placement, new in (*running, *((p, True) for p in placements.get(key, ()))):
             manifest = render_engine_config(workload, placement)
             if manifest is not None:
-                actions.append(ApplyConfigMap(manifest, workload.ref))
+                actions.append(ApplyConfigMap(manifest, workload.ref, new=new))
     return Changes(tuple(actions))
 
 
@@ -445,13 +468,18 @@ def compute_node_statuses(
     are gone; the pass that sees them gone frees them."""
     holdings = [Holding(r.workload, r.allocation) for r in ledger]
     holdings += [Holding(state.workloads[d.workload].ref, d.allocation) for d in decisions]
+    # Grouped by node once: each node then sees only its own holdings (linear, not nodes x replicas).
+    by_node: dict[str, list[Holding]] = defaultdict(list)
+    for holding in holdings:
+        for name in dict.fromkeys(holding.allocation.nodes):
+            by_node[name].append(holding)
     tokens = state.tokens
     actions: list[Action] = []
     for name, node in sorted(state.compute_nodes.items()):
         node_status = compute_node_status(
             node,
             state.nodes.get(node.spec.node_name),
-            holdings,
+            by_node.get(name, ()),
             state.now,
             tokens=tokens.nodes.get(name) if tokens else None,
             tokens_stale=node.ref in state.tokens_stale,

@@ -30,6 +30,8 @@ class WorkloadStep:
     remove: tuple[tuple[LedgerReplica, EventReason], ...]
     # outdated replica to remove if the surge cannot be placed
     fallback: LedgerReplica | None
+    # replicas that serve nothing on a node being left (NotReady within its grace): `new` replaces them
+    replacing: tuple[LedgerReplica, ...] = ()
 
 
 def outdated(workload: AgentWorkload, replica: LedgerReplica) -> bool:
@@ -82,6 +84,13 @@ def step(
 
     if len(live) < wanted:
         return WorkloadStep(lowest_free(taken, wanted - len(live)), None, (), None)
+
+    # Replicas on a node being left that serve nothing (its Node went NotReady): replaced at once, all of
+    # them, not one surge at a time — nothing is served by waiting, and the replacements start loading
+    # while the node has its grace. The replaced ones go once the replacements push the count over.
+    unserving = tuple(r for r in old if r.replica in draining and not r.ready)
+    if unserving and not settling:
+        return WorkloadStep(lowest_free(taken, len(unserving)), None, (), None, unserving)
 
     if old and not settling and all(r.ready for r in live):
         (surge,) = lowest_free(taken, 1)
