@@ -9,12 +9,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from kubernetes import client
 
 from gpufabric.api.reasons import EventReason, EventType
 from gpufabric.api.refs import Allocation, Kind, ObjectRef, workload_ref
 from gpufabric.controller.expectations import Expectations
 from gpufabric.controller.kube import WriteFailedError
 from gpufabric.controller.reconciler import LoopSettings, Reconciler
+from gpufabric.controller.run import Operator, OperatorOptions
 from gpufabric.exporter import FleetView
 from gpufabric.placement import PriorThroughput
 from gpufabric.reconcile import (
@@ -314,3 +316,58 @@ async def test_an_instance_that_stops_leading_stops_exporting_the_fleet() -> Non
     stop.set()
     await task
     assert target.published == FleetView()
+
+
+def test_no_handler_reads_kopfs_last_handled_state() -> None:
+    """UnusedDiffBase skips kopf's per-event deep copy of each body; that is right only while no handler
+    reacts to changes (on.create/update/resume/field, daemons, timers). Adding one must fail here first."""
+    operator = Operator(OperatorOptions(discover_nodes=True), client.ApiClient())
+    registry = operator.registry
+    assert list(registry._changing.get_all_handlers()) == []
+    assert list(registry._spawning.get_all_handlers()) == []
+    assert list(registry._indexing.get_all_handlers())  # the indexes are there: the registry is the real one
+    operator.kube.close()
+
+
+async def test_an_unschedulable_workload_is_said_once_a_minute_whatever_its_count_of_nodes() -> None:
+    kube = FakeKube()
+    target = reconciler(kube)
+    first = Event(WORKLOAD, None, EventType.WARNING, EventReason.UNSCHEDULABLE, "0/10 nodes: 10 not Ready")
+    recount = Event(WORKLOAD, None, EventType.WARNING, EventReason.UNSCHEDULABLE, "0/10 nodes: 9 not Ready, 1 …")
+    placed = Event(WORKLOAD, None, EventType.NORMAL, EventReason.PLACED, "replica 0 placed")
+    placed_again = Event(WORKLOAD, None, EventType.NORMAL, EventReason.PLACED, "replica 1 placed")
+    await target.execute((first, placed), EMPTY)
+    await target.execute((recount, placed_again), EMPTY)
+    assert [(reason, message) for _, _, reason, message in kube.events] == [
+        (EventReason.UNSCHEDULABLE, first.message),
+        (EventReason.PLACED, placed.message),
+        (EventReason.PLACED, placed_again.message),  # other reasons: a new message is a new event
+    ]
+
+
+async def test_each_workload_reads_placed_once_its_own_pods_exist_not_once_every_pod_does() -> None:
+    kube = FakeKube()
+    target = Reconciler(kube=kube, loop=LoopSettings(concurrency=1))  # type: ignore[arg-type]
+    other = workload_ref("ns", "v")
+    node_ref = ObjectRef(Kind.COMPUTE_NODE, None, "n1")
+    actions = (
+        PatchStatus(node_ref, {"freeDevices": 6}),
+        CreatePod(pod("w-0-0"), WORKLOAD),
+        CreatePod(pod("v-0-0"), other),
+        PatchStatus(WORKLOAD, {"replicas": 1}),
+        PatchStatus(other, {"replicas": 1}),
+        Event(WORKLOAD, None, EventType.NORMAL, EventReason.PLACED, "w placed"),
+        Event(other, None, EventType.NORMAL, EventReason.PLACED, "v placed"),
+        DeletePod(pod_ref("v-9-0"), other, force=False),
+    )
+    assert not await target.execute(actions, EMPTY)
+    assert kube.done == [
+        "delete v-9-0",  # deletes first: they free devices
+        "create w-0-0",
+        "status w",
+        "event Placed",
+        "create v-0-0",
+        "status v",
+        "event Placed",
+        "status n1",  # ComputeNodes after the workloads
+    ]

@@ -94,3 +94,23 @@ async def test_a_connection_dropped_mid_page_is_truncated(served: tuple[Server, 
     outcome = await fetch(url)
     assert isinstance(outcome, ScrapeProblem)
     assert outcome.reason == "truncated"
+
+
+def test_a_pods_scrape_problem_is_logged_when_it_starts_or_changes_not_every_round(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    scraper = Scraper(TokenTracker(prior=cast(Any, None)), cast(Any, None), url_for=lambda _: "http://pod/metrics")
+    target = sglang_target()
+    unreachable = ScrapeProblem("unreachable", "connection refused")
+    with caplog.at_level("INFO", logger="gpufabric.controller.scraper"):
+        for outcome in (unreachable, unreachable, unreachable, ScrapeProblem("timeout", "no answer"), unreachable):
+            scraper._log_change(target, outcome)
+        scraper._log_change(target, Reading.single(1.0, 2.0, None))
+        scraper._log_change(target, Reading.single(2.0, 3.0, None))
+    said = [(r.levelname, r.getMessage().split(": ", 1)[1]) for r in caplog.records]
+    assert said == [
+        ("WARNING", "unreachable connection refused"),
+        ("WARNING", "timeout no answer"),
+        ("WARNING", "unreachable connection refused"),
+        ("INFO", "answering again after unreachable"),
+    ]

@@ -63,6 +63,35 @@ class TestExposition:
         assert outcome.waiting is None
         assert outcome.gauge_missing
 
+    def test_only_the_token_families_are_parsed_and_read_as_the_whole_page_would(self) -> None:
+        histogram = "".join(
+            f'vllm:e2e_request_latency_seconds_bucket{{le="{le}",model_name="m"}} {n}\n'
+            for n, le in enumerate(("0.1", "1", "+Inf"))
+        )
+        page = (
+            "# HELP vllm:prompt_tokens_total Prefill tokens processed.\n# TYPE vllm:prompt_tokens_total counter\n"
+            'vllm:prompt_tokens_total{model_name="a"} 10\nvllm:prompt_tokens_total_created 1.7e9\n'
+            'vllm:prompt_tokens_total\t{model_name="b"} 5\n'
+            f"{histogram}"
+            'vllm:generation_tokens_total{model_name="a"} 7\nvllm:num_requests_waiting{model_name="a"} 3\n'
+            "vllm:num_requests_waiting_other 99\n"
+        )
+        outcome = read(page, "vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:num_requests_waiting")
+        assert outcome == Reading(
+            prompt={
+                ("vllm:prompt_tokens_total", (("model_name", "a"),)): 10.0,
+                ("vllm:prompt_tokens_total", (("model_name", "b"),)): 5.0,
+            },
+            generation={("vllm:generation_tokens_total", (("model_name", "a"),)): 7.0},
+            waiting=3.0,
+        )
+        # a broken line of another family no longer costs the scrape
+        assert isinstance(outcome, Reading)
+        broken = page.replace('le="1"', 'le="1')
+        assert read(broken, "vllm:prompt_tokens_total", "vllm:generation_tokens_total", None) == Reading(
+            prompt=outcome.prompt, generation=outcome.generation, waiting=None
+        )
+
     @pytest.mark.parametrize(
         ("text", "reason"),
         [

@@ -13,6 +13,7 @@ import json
 import logging
 import random
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -64,6 +65,7 @@ class Kube:
         api_client: client.ApiClient,
         retry: RetryPolicy | None = None,
         on_write: Callable[[str, str], None] | None = None,
+        threads: int = 16,
     ) -> None:
         self.api = api_client
         self.core = client.CoreV1Api(api_client)
@@ -71,6 +73,16 @@ class Kube:
         self.coordination = client.CoordinationV1Api(api_client)
         self.retry = retry or RetryPolicy()
         self.on_write = on_write or (lambda verb, resource: None)
+        # Its own threads, as many as the reconciler's concurrent writes: asyncio's default executor has
+        # min(32, CPUs + 4), six on two cores, which queued a pass's writes behind one another.
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gpufabric-kube")
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """A blocking client call in one of this client's threads."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
     async def _call(
         self,
@@ -81,12 +93,15 @@ class Kube:
         *,
         ok: frozenset[int] = frozenset(),
         exists_ok: bool = False,
+        exists_raise: bool = False,
     ) -> T | None:
+        """The write, retried; `exists_ok`: AlreadyExists counts as done; `exists_raise`: it fails at once
+        (status 409) for the caller to handle, instead of being retried as a conflict."""
         delay = self.retry.first_delay
         for attempt in range(1, self.retry.attempts + 1):
             try:
                 self.on_write(verb, resource)
-                result = await asyncio.to_thread(fn)
+                result = await self.run(fn)
                 # Writes do not read their response (_preload_content=False): no model of ours depends on the
                 # server's echo, and a quirky echo cannot fail a write that succeeded.
                 if isinstance(result, urllib3.response.HTTPResponse):
@@ -99,6 +114,8 @@ class Kube:
                     exists_ok and error.status == 409 and _status_reason(error) == "AlreadyExists"
                 ):
                     return None
+                if exists_raise and error.status == 409 and _status_reason(error) == "AlreadyExists":
+                    raise WriteFailedError(what, 409, "AlreadyExists") from None
                 if error.status not in RETRYABLE or attempt == self.retry.attempts:
                     raise WriteFailedError(what, error.status, _reason(error)) from None
                 log.info("%s: %s %s, retrying (%d/%d)", what, error.status, error.reason, attempt, self.retry.attempts)
@@ -154,32 +171,29 @@ class Kube:
             ok=frozenset({404}),
         )
 
-    async def apply_config_map(self, manifest: dict[str, Any]) -> None:
-        """Replace the ConfigMap's data, creating the ConfigMap (as given) the first time."""
+    async def apply_config_map(self, manifest: dict[str, Any], *, create_first: bool = False) -> None:
+        """Replace the ConfigMap's data, creating the ConfigMap (as given) if it does not exist. The likelier
+        case goes first (`create_first` for a new replica's), so it costs one write."""
         namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        create = partial(self._call, f"create ConfigMap {namespace}/{name}", "create", "configmaps")
+        patch = partial(self._call, f"save ConfigMap {namespace}/{name}", "patch", "configmaps")
+        create_call = partial(self.core.create_namespaced_config_map, namespace, cast(Any, manifest), **WRITE)
+        data = cast(Any, {"data": manifest["data"]})
+        patch_call = partial(self.core.patch_namespaced_config_map, name, namespace, data, **WRITE)
+        if create_first:
+            try:
+                await create(create_call, exists_raise=True)
+            except WriteFailedError as error:
+                if error.status != 409:
+                    raise
+                await patch(patch_call)
+            return
         try:
-            await self._call(
-                f"save ConfigMap {namespace}/{name}",
-                "patch",
-                "configmaps",
-                partial(
-                    self.core.patch_namespaced_config_map,
-                    name,
-                    namespace,
-                    cast(Any, {"data": manifest["data"]}),
-                    **WRITE,
-                ),
-            )
+            await patch(patch_call)
         except WriteFailedError as error:
             if error.status != 404:
                 raise
-            await self._call(
-                f"create ConfigMap {namespace}/{name}",
-                "create",
-                "configmaps",
-                partial(self.core.create_namespaced_config_map, namespace, cast(Any, manifest), **WRITE),
-                exists_ok=True,
-            )
+            await create(create_call, exists_ok=True)
 
     async def delete_config_map(self, namespace: str, name: str) -> None:
         await self._call(
@@ -267,8 +281,8 @@ class Kube:
 
     async def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         try:
-            found = await asyncio.to_thread(
-                self.core.read_namespaced_config_map, name, namespace, _request_timeout=REQUEST_TIMEOUT
+            found = await self.run(
+                partial(self.core.read_namespaced_config_map, name, namespace, _request_timeout=REQUEST_TIMEOUT)
             )
         except ApiException as error:
             if error.status == 404:

@@ -63,12 +63,16 @@ INDEX_NAMES = (POD_INDEX, NODE_INDEX, COMPUTE_NODE_INDEX, WORKLOAD_INDEX, SERVIC
 
 
 class Batch(Enum):
-    """The order a pass's writes run in: deletes free devices before creates take them."""
+    """The order a pass's writes run in: deletes free devices before creates take them; then, per object,
+    its creates, its status, its events."""
 
     DELETES = 1
     CREATES = 2
     STATUSES = 3
     EVENTS = 4
+
+
+CHAINED = (Batch.CREATES, Batch.STATUSES, Batch.EVENTS)
 
 
 @dataclass
@@ -103,6 +107,7 @@ class Reconciler:
         self._held: dict[RetryKey, tuple[int, float]] = {}
         self._sent_status: dict[ObjectRef, tuple[Any, Any]] = {}
         self._recent_events: dict[tuple[ObjectRef, EventReason, str], float] = {}
+        self._events_pruned = 0.0
         self._tokens_written: dict[ObjectRef, float] = {}
         self._applied_config_maps: dict[ObjectRef, dict[str, str]] = {}
         self.last_outcome: Outcome | None = None
@@ -215,19 +220,36 @@ class Reconciler:
     # --- actions ----------------------------------------------------------------------------------------------
 
     async def execute(self, actions: tuple[Action, ...], state: ClusterState) -> bool:
-        """Deletes first (they free devices), then creates and scaling, then statuses, then events. Returns
+        """Deletes first (they free devices). Then, for each object the pass acts for (workloads first, in
+        the pass's order), its creates and scaling, then its status, then its events: a workload reads
+        `Placed` as soon as its own pods exist, not once every pod of a pass of hundreds does. Returns
         whether any write failed for good."""
-        gate = asyncio.Semaphore(self.loop.concurrency)
-        batches: dict[Batch, list[Awaitable[bool]]] = {batch: [] for batch in Batch}
+        writes = asyncio.Semaphore(self.loop.concurrency)
+        deletes: list[Callable[[], Awaitable[bool]]] = []
+        chains: dict[ObjectRef, dict[Batch, list[Callable[[], Awaitable[bool]]]]] = {}
         for action in actions:
             planned = self._plan(action, state)
-            if planned is not None:
-                batch, write, on_success = planned
-                batches[batch].append(self._guarded(gate, action, write, on_success))
-        failed = False
-        for batch in Batch:
-            failed |= not all(await asyncio.gather(*batches[batch]))
-        return failed
+            if planned is None:
+                continue
+            batch, write, on_success = planned
+            guarded = partial(self._guarded, writes, action, write, on_success)
+            if batch is Batch.DELETES:
+                deletes.append(guarded)
+            else:
+                chains.setdefault(action.about, {step: [] for step in CHAINED})[batch].append(guarded)
+        failed = not all(await asyncio.gather(*(delete() for delete in deletes)))
+        # As many objects at a time as writes: each one's steps follow one another.
+        objects = asyncio.Semaphore(self.loop.concurrency)
+
+        async def chain(steps: dict[Batch, list[Callable[[], Awaitable[bool]]]]) -> bool:
+            async with objects:
+                done = True
+                for step in CHAINED:
+                    done &= all(await asyncio.gather(*(write() for write in steps[step])))
+                return done
+
+        ordered = sorted(chains.items(), key=lambda item: item[0].kind is not Kind.AGENT_WORKLOAD)  # stable
+        return not all(await asyncio.gather(*(chain(steps) for _, steps in ordered))) or failed
 
     def _plan(
         self, action: Action, state: ClusterState
@@ -275,7 +297,7 @@ class Reconciler:
         if self._applied_config_maps.get(action.target) == data:
             return None
         done = partial(self._remember_config_map, action.target, data)
-        return Batch.CREATES, partial(self.kube.apply_config_map, action.manifest), done
+        return Batch.CREATES, partial(self.kube.apply_config_map, action.manifest, create_first=action.new), done
 
     def _remember_config_map(self, target: ObjectRef, data: dict[str, str] | None) -> None:
         if data is None:
@@ -334,10 +356,16 @@ class Reconciler:
             self._tokens_written[target] = time.monotonic()
 
     def _recently_sent(self, event: Event, window: float = 60.0) -> bool:
-        key = (event.about, event.reason, event.message)
+        # An unschedulable workload's reason counts nodes ("0/1000 nodes: 999 …, 1 not Ready"): it changes
+        # with every node that comes or goes, and would be a new event on each. One a minute says it; the
+        # status's unschedulableReason always has the current count.
+        message = "" if event.reason in EVENTS_BY_REASON else event.message
+        key = (event.about, event.reason, message)
         now = time.monotonic()
-        self._recent_events = {k: t for k, t in self._recent_events.items() if t > now}
-        if key in self._recent_events:
+        if now >= self._events_pruned + window:
+            self._recent_events = {k: t for k, t in self._recent_events.items() if t > now}
+            self._events_pruned = now
+        if self._recent_events.get(key, 0.0) > now:
             return True
         self._recent_events[key] = now + window
         return False
@@ -353,6 +381,9 @@ class Reconciler:
         except WriteFailedError:
             log.warning("could not report %s", error)
 
+
+# Events repeated at most once a window per object and reason, whatever their message says.
+EVENTS_BY_REASON = frozenset({EventReason.UNSCHEDULABLE})
 
 # The event that says a write was refused as invalid, by the write.
 REFUSED_REASONS = {

@@ -52,6 +52,8 @@ class Scraper:
         self.url_for = url_for
         self.rounds = 0
         self._warned_gauge: set[ObjectRef] = set()
+        # pods whose last scrape failed, with why (their problems are logged when they change)
+        self._failing: dict[ObjectRef, str] = {}
 
     def targets(self) -> list[ScrapeTarget]:
         """Rank 0 of every ready replica of every valid workload."""
@@ -106,16 +108,29 @@ class Scraper:
         async def one(target: ScrapeTarget) -> None:
             async with gate:
                 outcome = await self.fetch(session, target)
-            if isinstance(outcome, ScrapeProblem):
-                log.warning(
-                    "scrape %s (%s): %s %s", target.pod.key, self.url_for(target), outcome.reason, outcome.detail
-                )
+            self._log_change(target, outcome)
             self.tracker.observe(target, outcome, time.monotonic())
 
         await asyncio.gather(*(one(t) for t in targets))
         self.tracker.forget_missing(t.pod for t in targets)
+        current = {t.pod for t in targets}
+        self._failing = {pod: reason for pod, reason in self._failing.items() if pod in current}
         self.rounds += 1
         self.reconciler.trigger()  # status and the autoscaler may have news
+
+    def _log_change(self, target: ScrapeTarget, outcome: Reading | ScrapeProblem) -> None:
+        """A pod's scrape problem is logged when it starts or changes, and its end once: every failure is
+        counted (gpufabric_scrape_failures_total), but a log line per pod per round is thousands of lines
+        every interval on a large fleet with one common problem."""
+        before = self._failing.get(target.pod)
+        if isinstance(outcome, ScrapeProblem):
+            if before != outcome.reason:
+                url = self.url_for(target)
+                log.warning("scrape %s (%s): %s %s", target.pod.key, url, outcome.reason, outcome.detail)
+            self._failing[target.pod] = outcome.reason
+        elif before is not None:
+            log.info("scrape %s: answering again after %s", target.pod.key, before)
+            del self._failing[target.pod]
 
     async def fetch(self, session: aiohttp.ClientSession, target: ScrapeTarget) -> Reading | ScrapeProblem:
         url = self.url_for(target)

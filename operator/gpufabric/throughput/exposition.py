@@ -77,6 +77,58 @@ def _names(counter: str) -> tuple[str, ...]:
 
 
 def read(text: str, prompt_counter: str, generation_counter: str, waiting_gauge: str | None) -> Reading | ScrapeProblem:
+    counters = (prompt_counter, generation_counter, waiting_gauge)
+    names = (*_names(prompt_counter), *_names(generation_counter), *((waiting_gauge,) if waiting_gauge else ()))
+    outcome = _parse(_lines_of(text, names), *counters)
+    if isinstance(outcome, ScrapeProblem) and outcome.reason == MISSING_COUNTER:
+        # No token lines at all: is it a metrics page without them, or not a metrics page (an HTML error)?
+        whole = _parse(text, *counters)
+        if isinstance(whole, ScrapeProblem) and whole.reason == PARSE_ERROR:
+            return whole
+    elif isinstance(outcome, ScrapeProblem):
+        return outcome  # a broken or invalid token line, whatever else the page has
+    if text and not text.endswith("\n"):
+        # It parsed, but was cut off: its last number may be cut short too.
+        return ScrapeProblem(TRUNCATED, f"the page ends without a line feed after {len(text)} characters")
+    return outcome
+
+
+def _lines_of(text: str, names: tuple[str, ...]) -> str:
+    """Only the sample lines of the families read. An engine's page is tens of KiB of histograms
+    (about 44 KiB for one vLLM V1 engine) around three lines; parsing it all cost ~20 ms a scrape, over
+    a core for 1,000 pods every 15 s. The lines kept are parsed by prometheus-client as before, so a broken
+    token line is still a parse error; a broken line of another family no longer fails the scrape."""
+    # str.find runs in C over the page; splitting it into hundreds of line objects would not.
+    exact = frozenset(names)
+    found: dict[int, str] = {}
+    cut_off = False
+    for name in names:
+        starts = [0] if text.startswith(name) else []
+        search = 0
+        while True:
+            if not starts:
+                hit = text.find("\n" + name, search)
+                if hit < 0:
+                    break
+                starts.append(hit + 1)
+            at = starts.pop()
+            end = text.find("\n", at)
+            line = text[at:] if end < 0 else text[at:end]
+            if line.partition("{")[0].split(maxsplit=1)[0] in exact:
+                found[at] = line
+                # a last line without a line feed stays without one, so the parser refuses it as it would
+                cut_off = cut_off or end < 0
+            if end < 0:
+                break
+            search = end
+    if not found:
+        return ""
+    return "\n".join(found[at] for at in sorted(found)) + ("" if cut_off else "\n")
+
+
+def _parse(
+    text: str, prompt_counter: str, generation_counter: str, waiting_gauge: str | None
+) -> Reading | ScrapeProblem:
     wanted = dict.fromkeys(_names(prompt_counter), "prompt") | dict.fromkeys(_names(generation_counter), "generation")
     series: dict[str, dict[SeriesKey, float]] = {"prompt": {}, "generation": {}}
     waiting: float | None = None
@@ -96,9 +148,6 @@ def read(text: str, prompt_counter: str, generation_counter: str, waiting_gauge:
                         waiting = (waiting or 0.0) + value
     except (ValueError, TypeError, IndexError) as error:
         return ScrapeProblem(PARSE_ERROR, str(error)[:200])
-    if text and not text.endswith("\n"):
-        # It parsed, but was cut off: its last number may be cut short too.
-        return ScrapeProblem(TRUNCATED, f"the page ends without a line feed after {len(text)} characters")
     counters = {"prompt": prompt_counter, "generation": generation_counter}
     missing = [counters[kind] for kind in ("prompt", "generation") if not series[kind]]
     if missing:
