@@ -1,18 +1,24 @@
 """The operator at scale, on the real control plane: N ComputeNodes and N single-replica AgentWorkloads (the
 examples cloned: NVIDIA, Ascend and Moore Threads, with the 405B gang among them). A program, not a test.
 
-    .venv/bin/python benchmarks/operator_scale.py [--quick] [--sizes 100,1000,5000]
+    .venv/bin/python benchmarks/operator_scale.py [--quick] [--sizes 100,1000,5000] [--unrelated-pods N]
+                                                  [--no-scrape] [--profile DIR]
 
 For each size: a fresh control plane (etcd, kube-apiserver, kube-scheduler, kube-controller-manager; the
 sandbox's), the stand-in kubelets, the CRDs, then `gpufabric operator` started as users start it (its own
 process, a ServiceAccount token in a kubeconfig, default settings), then the workloads created at once.
-Measured: creation -> every placeable workload `Placed` (and p50/p99 per workload), the operator's API
-requests from the API server's audit log over the whole run, node loss included (reads, writes, status
-patches; writes per pod placed before the loss), its CPU seconds and peak RSS (/proc) at the end, and a node
-failure -> its replica Ready elsewhere at the default `--node-grace 30`.
-Baseline in the same run: the pure placement engine deciding the same workloads on the same fleet; the ratio
-is the operator's time to `Placed` over the engine's. Not measured yet: the scrape cycle (the stand-in
-kubelets' token servers are one thread per port, too many at 5,000 pods).
+Measured:
+- creation -> every placeable workload `Placed`, and p50/p99 per workload;
+- the operator's requests from the API server's audit log, from its start until every pod is Ready (reads,
+  writes, status patches, writes per pod and by resource), and its writes during the node loss apart;
+- its CPU seconds until every pod is Ready, and its peak RSS (VmHWM) at the end;
+- a node failure -> its replica Ready elsewhere, at the default `--node-grace 30`;
+- one scrape cycle over as many Ready pods (scrape_cycle.py: the operator's scraper, after the control plane
+  is gone, so nothing else competes for the CPU).
+Baselines in the same run: the pure placement engine deciding the same workloads on the same fleet (the
+ratio is the operator's time to `Placed` over the engine's); a bare HTTP fetch of the same pages (the
+scrape's ratio); with `--unrelated-pods N`, the first size again among N pods of someone else's, with the
+operator's label selector and without it (the operator as it was before).
 """
 
 from __future__ import annotations
@@ -21,13 +27,17 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +50,9 @@ from gpufabric.sandbox.cluster import install_crds
 from gpufabric.sandbox.controlplane import ControlPlane, find_binaries, free_port
 from gpufabric.sandbox.standin_kubelet import StandInKubelet, node_for
 from gpufabric.vendors import ACCELERATORS
+from scrape_cycle import Cycle
+from scrape_cycle import measure as measure_scrape
+from scrape_cycle import table as scrape_table
 
 ROOT = Path(__file__).resolve().parents[1]
 GPUFABRIC = Path(sys.executable).with_name("gpufabric")
@@ -127,6 +140,7 @@ def process_usage(pid: int) -> tuple[float, float]:
 
 @dataclass
 class Row:
+    label: str
     size: int
     placeable: int
     placed: int
@@ -134,33 +148,61 @@ class Row:
     p50_s: float
     p99_s: float
     engine_s: float
+    # the operator's requests from its start until every pod was Ready (node loss not included)
     reads: int
     writes: int
     status_patches: int
     pods: int
+    ready_pods: int
+    cpu_placing_s: float
     cpu_s: float
     rss_mb: float
     node_loss_s: float | None
+    node_loss_writes: int
     # writes by resource ("pods", "agentworkloads/status", "events", ...)
     writes_by_resource: dict[str, int]
+    scrape: Cycle | None = None
 
 
-def placed_times(custom: Any) -> dict[str, float]:
-    items = custom.list_namespaced_custom_object("gpufabric.io", "v1alpha1", NAMESPACE, "agentworkloads")["items"]
-    found = {}
-    for item in items:
-        for condition in (item.get("status") or {}).get("conditions") or []:
-            if condition["type"] == "Placed" and condition["status"] == "True":
-                found[item["metadata"]["name"]] = time.monotonic()
-    return found
+class PlacedWatch:
+    """When each AgentWorkload was first seen `Placed`, from a watch (a list of every workload twice a second
+    would load the API server the operator is measured against, and round the times to half seconds)."""
+
+    def __init__(self, custom: Any) -> None:
+        self.custom = custom
+        self.first: dict[str, float] = {}
+        self._watch = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._stopped = threading.Event()
+
+    def __enter__(self) -> PlacedWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stopped.set()
+        self._watch.stop()  # type: ignore[no-untyped-call]
+
+    def _run(self) -> None:
+        list_call = self.custom.list_namespaced_custom_object
+        while not self._stopped.is_set():
+            try:
+                # a fresh list and watch each time: the API server ends watches (timeouts, load)
+                for event in self._watch.stream(list_call, "gpufabric.io", "v1alpha1", NAMESPACE, "agentworkloads"):  # type: ignore[no-untyped-call]
+                    item = event["object"]
+                    for condition in (item.get("status") or {}).get("conditions") or []:
+                        if condition["type"] == "Placed" and condition["status"] == "True":
+                            self.first.setdefault(item["metadata"]["name"], time.monotonic())
+            except Exception:  # a broken watch is started again until stopped
+                time.sleep(0.2)
 
 
-def start_profiler(pid: int, folder: Path | None, size: int) -> subprocess.Popen[bytes] | None:
+def start_profiler(pid: int, folder: Path | None, name: str) -> subprocess.Popen[bytes] | None:
     """py-spy sampling the operator into collapsed stacks (`--profile DIR`), or nothing."""
     if folder is None:
         return None
     folder.mkdir(parents=True, exist_ok=True)
-    output = folder / f"operator-{size}.txt"
+    output = folder / f"operator-{name}.txt"
     py_spy = Path(sys.executable).with_name("py-spy")
     command = [
         str(py_spy),
@@ -184,77 +226,175 @@ def stop_profiler(profiler: subprocess.Popen[bytes] | None) -> None:
         profiler.wait(timeout=60)
 
 
-def measure(size: int, timeout: float, profile: Path | None = None) -> Row:
-    nodes, bodies = fleet(size), workloads(size)
+@dataclass(frozen=True)
+class Case:
+    size: int
+    # bare pods of someone else's in another namespace, and whether the operator asks the API server to
+    # filter its pod and Service watches by label (False: the operator as it was before, for the baseline)
+    unrelated_pods: int = 0
+    selector: bool = True
+
+    @property
+    def label(self) -> str:
+        if not self.unrelated_pods:
+            return str(self.size)
+        return f"{self.size}+{self.unrelated_pods}u" + ("" if self.selector else " nosel")
+
+
+# The operator as it was before the label selector (benchmark only): the same CLI with SELECTED emptied.
+WITHOUT_SELECTOR = (
+    "import sys; import gpufabric.controller.handlers as handlers; handlers.SELECTED = (); "
+    "from gpufabric.cli import main; sys.exit(main())"
+)
+
+
+@dataclass
+class Bench:
+    """One fresh control plane with the stand-in kubelets, and admin clients to it."""
+
+    plane: ControlPlane
+    kubelet: StandInKubelet
+    core: Any
+    custom: Any
+
+    def add_fleet(self, nodes: list[dict[str, Any]]) -> None:
+        for node in nodes:
+            name, allocatable = node_for(ComputeNode.model_validate(node))
+            self.kubelet.add_node(name, allocatable)
+            self.custom.create_cluster_custom_object("gpufabric.io", "v1alpha1", "computenodes", node)
+        self.core.create_namespace({"metadata": {"name": NAMESPACE}})
+
+    def add_unrelated_pods(self, count: int) -> None:
+        """Someone else's pods (no managed-by label), Pending on no node: they exist, so they are listed and
+        watched by whoever does not filter."""
+        if not count:
+            return
+        self.core.create_namespace({"metadata": {"name": "unrelated"}})
+        spec = {"containers": [{"name": "c", "image": "busybox"}]}
+
+        def create(index: int) -> None:
+            pod = {"metadata": {"name": f"batch-{index}", "labels": {"app": "batch"}}, "spec": spec}
+            self.core.create_namespaced_pod("unrelated", pod)
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(create, range(count)))
+
+    def start_operator(self, selector: bool) -> subprocess.Popen[bytes]:
+        kubeconfig = operator_identity(self.plane)
+        flags = ["operator", "--kubeconfig", str(kubeconfig), "--metrics-port", str(free_port())]
+        command = [str(GPUFABRIC), *flags] if selector else [sys.executable, "-c", WITHOUT_SELECTOR, *flags]
+        log = (self.plane.directory / "operator.log").open("wb")
+        try:
+            return subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "POD_NAMESPACE": OPERATOR_NAMESPACE}
+            )
+        finally:
+            log.close()  # the child has its own descriptor
+
+    def create_and_wait(self, bodies: list[dict[str, Any]], wanted: set[str], timeout: float) -> Placing:
+        created: dict[str, float] = {}
+        with PlacedWatch(self.custom) as placed:
+            started = time.monotonic()
+            for body in bodies:
+                self.custom.create_namespaced_custom_object(
+                    "gpufabric.io", "v1alpha1", NAMESPACE, "agentworkloads", body
+                )
+                created[body["metadata"]["name"]] = time.monotonic()
+            while time.monotonic() - started < timeout:
+                if wanted <= {f"{NAMESPACE}/{n}" for n in dict(placed.first)}:
+                    break
+                time.sleep(0.2)
+            first_placed = dict(placed.first)
+        all_placed = max(first_placed.values(), default=started) - started
+        latencies = sorted(first_placed[n] - created[n] for n in first_placed)
+        # Settled: every pod Ready (their Ready status patches belong to placing), then a quiet second.
+        while time.monotonic() - started < timeout and not self.all_ready():
+            time.sleep(2.0)
+        time.sleep(1.0)
+        return Placing(all_placed, latencies, len(first_placed))
+
+    def all_ready(self) -> bool:
+        pods = self.core.list_namespaced_pod(NAMESPACE).items
+        return all(any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or []) for p in pods)
+
+    def operator_requests(self, loss_started: datetime | None) -> tuple[Counter[tuple[str, bool]], Counter[str], int]:
+        """The operator's requests until the node loss: (verb, status?) counts, writes by resource; and its
+        writes during the node loss."""
+        verbs = Counter[tuple[str, bool]]()
+        by_resource = Counter[str]()
+        during_loss = 0
+        for event in self.plane.audit_events():
+            if event["user"]["username"] != USER:
+                continue
+            ref = event.get("objectRef") or {}
+            at = datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00"))
+            if loss_started is not None and at >= loss_started:
+                during_loss += event["verb"] in WRITE_VERBS
+                continue
+            verbs[(event["verb"], ref.get("subresource") == "status")] += 1
+            if event["verb"] in WRITE_VERBS:
+                subresource = f"/{ref['subresource']}" if ref.get("subresource") else ""
+                by_resource[ref.get("resource", "?") + subresource] += 1
+        return verbs, by_resource, during_loss
+
+
+@dataclass(frozen=True)
+class Placing:
+    all_placed_s: float
+    latencies: list[float]
+    placed: int
+
+
+def measure(case: Case, timeout: float, profile: Path | None = None) -> Row:
+    nodes, bodies = fleet(case.size), workloads(case.size)
     wanted, engine_seconds = placeable(nodes, bodies)
     with ControlPlane(find_binaries(), audited_users=(USER,)) as plane:
         admin = kubernetes.config.new_client_from_config(str(plane.admin_kubeconfig))  # type: ignore[no-untyped-call]
         install_crds(admin)
-        kubelet = StandInKubelet(admin, serve_tokens=False)
+        # Node status every 5 minutes, as kubelets post it once node leases carry the heartbeat ("the
+        # default interval for .status updates to Nodes is 5 minutes": kubernetes.io/docs/concepts/
+        # architecture/nodes/#heartbeats); the stand-in's 10 s default made 1,000 Nodes 100 writes a
+        # second, which delayed its own pod starts by ~28 s and flooded the operator's Node watch.
+        # Its pod loop lists every pod: once a second from 1,000 pods, so it does not load the API server.
+        kubelet = StandInKubelet(admin, serve_tokens=False, heartbeat=300.0, interval=0.25 if case.size < 1000 else 1.0)
         kubelet.start()
-        core: Any = kubernetes.client.CoreV1Api(admin)
-        custom: Any = kubernetes.client.CustomObjectsApi(admin)
+        bench = Bench(plane, kubelet, kubernetes.client.CoreV1Api(admin), kubernetes.client.CustomObjectsApi(admin))
         try:
-            for node in nodes:
-                name, allocatable = node_for(ComputeNode.model_validate(node))
-                kubelet.add_node(name, allocatable)
-                custom.create_cluster_custom_object("gpufabric.io", "v1alpha1", "computenodes", node)
-            core.create_namespace({"metadata": {"name": NAMESPACE}})
-            kubeconfig = operator_identity(plane)
-            log = open(plane.directory / "operator.log", "w")  # noqa: SIM115 - closed below
-            operator = subprocess.Popen(
-                [str(GPUFABRIC), "operator", "--kubeconfig", str(kubeconfig), "--metrics-port", str(free_port())],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "POD_NAMESPACE": OPERATOR_NAMESPACE},
-            )
-            profiler = start_profiler(operator.pid, profile, size)
+            bench.add_fleet(nodes)
+            bench.add_unrelated_pods(case.unrelated_pods)
+            operator = bench.start_operator(case.selector)
+            profiler = start_profiler(operator.pid, profile, case.label.replace(" ", "-"))
             try:
                 time.sleep(3)  # logged in and leading before the workloads arrive
-                created: dict[str, float] = {}
-                started = time.monotonic()
-                for body in bodies:
-                    custom.create_namespaced_custom_object(
-                        "gpufabric.io", "v1alpha1", NAMESPACE, "agentworkloads", body
-                    )
-                    created[body["metadata"]["name"]] = time.monotonic()
-                first_placed: dict[str, float] = {}
-                while time.monotonic() - started < timeout:
-                    for name, at in placed_times(custom).items():
-                        first_placed.setdefault(name, at)
-                    if wanted <= {f"{NAMESPACE}/{n}" for n in first_placed}:
-                        break
-                    time.sleep(0.5)
-                all_placed = max(first_placed.values(), default=started) - started
-                latencies = sorted(first_placed[n] - created[n] for n in first_placed)
-                pods = core.list_namespaced_pod(NAMESPACE).items
-                node_loss = lose_a_node(kubelet, core, pods)
+                placing = bench.create_and_wait(bodies, wanted, timeout)
+                pods = bench.core.list_namespaced_pod(NAMESPACE).items
+                ready = sum(
+                    any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or []) for p in pods
+                )
+                cpu_placing, _ = process_usage(operator.pid)
+                loss_started = datetime.now(UTC)
+                node_loss = lose_a_node(kubelet, bench.core, pods)
                 cpu, rss = process_usage(operator.pid)
             finally:
                 stop_profiler(profiler)
                 operator.terminate()
                 operator.wait(timeout=30)
-                log.close()
-            verbs = Counter[tuple[str, bool]]()
-            by_resource = Counter[str]()
-            for event in plane.audit_events():
-                if event["user"]["username"] == USER:
-                    ref = event.get("objectRef") or {}
-                    verbs[(event["verb"], ref.get("subresource") == "status")] += 1
-                    if event["verb"] in WRITE_VERBS:
-                        resource = ref.get("resource", "?") + (
-                            f"/{ref['subresource']}" if ref.get("subresource") else ""
-                        )
-                        by_resource[resource] += 1
+                if profile is not None:  # the operator's log beside its profile
+                    shutil.copy(
+                        plane.directory / "operator.log", profile / f"operator-{case.label.replace(' ', '-')}.log"
+                    )
+            verbs, by_resource, loss_writes = bench.operator_requests(loss_started)
         finally:
             kubelet.stop()
             admin.close()
     writes = sum(n for (verb, _), n in verbs.items() if verb in WRITE_VERBS)
+    latencies = placing.latencies
     return Row(
-        size=size,
+        label=case.label,
+        size=case.size,
         placeable=len(wanted),
-        placed=len(first_placed),
-        all_placed_s=all_placed,
+        placed=placing.placed,
+        all_placed_s=placing.all_placed_s,
         p50_s=statistics.median(latencies) if latencies else float("nan"),
         p99_s=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else float("nan"),
         engine_s=engine_seconds,
@@ -262,9 +402,12 @@ def measure(size: int, timeout: float, profile: Path | None = None) -> Row:
         writes=writes,
         status_patches=sum(n for (verb, status), n in verbs.items() if status and verb == "patch"),
         pods=len(pods),
+        ready_pods=ready,
+        cpu_placing_s=cpu_placing,
         cpu_s=cpu,
         rss_mb=rss,
         node_loss_s=node_loss,
+        node_loss_writes=loss_writes,
         writes_by_resource=dict(by_resource),
     )
 
@@ -286,44 +429,68 @@ def lose_a_node(kubelet: StandInKubelet, core: Any, pods: list[Any], timeout: fl
     return None
 
 
+def cases(sizes: list[int], unrelated: int) -> list[Case]:
+    found = [Case(size) for size in sizes]
+    if unrelated:
+        # The label selector's effect: the smallest fleet among many unrelated pods, filtered and not.
+        found += [Case(sizes[0], unrelated, selector=True), Case(sizes[0], unrelated, selector=False)]
+    return found
+
+
+def report(rows: list[Row]) -> None:
+    print(
+        f"{'case':>14} {'placed':>11} {'all placed s':>12} {'p50 s':>6} {'p99 s':>6} {'engine s':>8} {'ratio':>7} "
+        f"{'reads':>6} {'writes':>6} {'status':>6} {'writes/pod':>10} {'cpu s':>6} {'rss MB':>7} "
+        f"{'node loss s':>11} {'loss writes':>11}"
+    )
+    for r in rows:
+        loss = f"{r.node_loss_s:.1f}" if r.node_loss_s is not None else "-"
+        print(
+            f"{r.label:>14} {r.placed:>5}/{r.placeable:<5} {r.all_placed_s:>12.1f} {r.p50_s:>6.2f} {r.p99_s:>6.2f} "
+            f"{r.engine_s:>8.3f} {r.all_placed_s / max(r.engine_s, 1e-9):>6.0f}x {r.reads:>6} {r.writes:>6} "
+            f"{r.status_patches:>6} {r.writes / max(r.pods, 1):>10.2f} {r.cpu_placing_s:>6.1f} {r.rss_mb:>7.0f} "
+            f"{loss:>11} {r.node_loss_writes:>11}"
+        )
+    print("\nwrites per placed pod until every pod was Ready, by resource")
+    resources = sorted({resource for r in rows for resource in r.writes_by_resource})
+    print(f"{'case':>14} " + " ".join(f"{resource:>21}" for resource in resources))
+    for r in rows:
+        shares = (r.writes_by_resource.get(resource, 0) / max(r.pods, 1) for resource in resources)
+        print(f"{r.label:>14} " + " ".join(f"{share:>21.2f}" for share in shares))
+    scraped = [r.scrape for r in rows if r.scrape is not None]
+    if scraped:
+        print("\nscrape cycle over the Ready pods (benchmarks/scrape_cycle.py: the operator's scraper, 44 KiB pages)")
+        print(scrape_table(scraped))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="100 nodes and 100 workloads only")
     parser.add_argument("--sizes", default="100,1000,5000")
+    parser.add_argument("--unrelated-pods", type=int, default=0, help="also run the first size among N unrelated pods")
+    parser.add_argument("--no-scrape", action="store_true", help="skip the scrape cycle measurement")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for every placement")
     parser.add_argument("--profile", type=Path, help="write py-spy collapsed stacks of the operator into DIR")
     args = parser.parse_args()
     sizes = [100] if args.quick else [int(s) for s in args.sizes.split(",")]
-    rows = [measure(size, args.timeout, args.profile) for size in sizes]
-    header = (
-        f"{'size':>6} {'placed':>11} {'all placed s':>12} {'p50 s':>6} {'p99 s':>6} {'engine s':>8} {'ratio':>7} "
-        f"{'reads':>6} {'writes':>6} {'status':>6} {'writes/pod':>10} {'cpu s':>6} {'rss MB':>7} {'node loss s':>11}"
-    )
-    print(header)
-    for r in rows:
-        loss = f"{r.node_loss_s:.1f}" if r.node_loss_s is not None else "-"
-        print(
-            f"{r.size:>6} {r.placed:>5}/{r.placeable:<5} {r.all_placed_s:>12.1f} {r.p50_s:>6.2f} {r.p99_s:>6.2f} "
-            f"{r.engine_s:>8.3f} {r.all_placed_s / max(r.engine_s, 1e-9):>6.0f}x {r.reads:>6} {r.writes:>6} "
-            f"{r.status_patches:>6} {r.writes / max(r.pods, 1):>10.2f} {r.cpu_s:>6.1f} {r.rss_mb:>7.0f} {loss:>11}"
-        )
-    print("\nwrites per placed pod, by resource")
-    resources = sorted({resource for r in rows for resource in r.writes_by_resource})
-    print(f"{'size':>6} " + " ".join(f"{resource:>22}" for resource in resources))
-    for r in rows:
-        shares = (r.writes_by_resource.get(resource, 0) / max(r.pods, 1) for resource in resources)
-        print(f"{r.size:>6} " + " ".join(f"{share:>22.2f}" for share in shares))
-    last = rows[-1]
-    print(
-        json.dumps(
-            {
-                "size": last.size,
-                "all_placed_s": round(last.all_placed_s, 1),
-                "writes_per_pod": round(last.writes / max(last.pods, 1), 2),
-                "rss_mb": round(last.rss_mb),
-            },
-        )
-    )
+    rows = []
+    for case in cases(sizes, 0 if args.quick else args.unrelated_pods):
+        row = measure(case, args.timeout, args.profile)
+        if not args.no_scrape and case.unrelated_pods == 0 and row.ready_pods:
+            row.scrape = measure_scrape(row.ready_pods)
+        rows.append(row)
+    report(rows)
+    last = rows[-1] if not args.unrelated_pods else rows[len(sizes) - 1]
+    summary = {
+        "size": last.size,
+        "all_placed_s": round(last.all_placed_s, 1),
+        "p99_s": round(last.p99_s, 2),
+        "writes_per_pod": round(last.writes / max(last.pods, 1), 2),
+        "rss_mb": round(last.rss_mb),
+        "node_loss_s": round(last.node_loss_s, 1) if last.node_loss_s is not None else None,
+        "scrape_core_share": round(last.scrape.core_share, 3) if last.scrape else None,
+    }
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":
