@@ -155,6 +155,8 @@ class Row:
     pods: int
     ready_pods: int
     cpu_placing_s: float
+    # kube-apiserver + etcd CPU seconds from their start until every pod was Ready
+    server_cpu_s: float
     cpu_s: float
     rss_mb: float
     node_loss_s: float | None
@@ -233,12 +235,14 @@ class Case:
     # filter its pod and Service watches by label (False: the operator as it was before, for the baseline)
     unrelated_pods: int = 0
     selector: bool = True
+    # another build of the operator (its package folder, e.g. a checkout of an earlier commit's `operator`)
+    # run in the operator's place: the baseline of a before/after in one run
+    baseline: Path | None = None
 
     @property
     def label(self) -> str:
-        if not self.unrelated_pods:
-            return str(self.size)
-        return f"{self.size}+{self.unrelated_pods}u" + ("" if self.selector else " nosel")
+        label = str(self.size) if not self.unrelated_pods else f"{self.size}+{self.unrelated_pods}u"
+        return label + ("" if self.selector else " nosel") + (" before" if self.baseline else "")
 
 
 # The operator as it was before the label selector (benchmark only): the same CLI with SELECTED emptied.
@@ -279,15 +283,16 @@ class Bench:
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(create, range(count)))
 
-    def start_operator(self, selector: bool) -> subprocess.Popen[bytes]:
+    def start_operator(self, selector: bool, baseline: Path | None = None) -> subprocess.Popen[bytes]:
         kubeconfig = operator_identity(self.plane)
         flags = ["operator", "--kubeconfig", str(kubeconfig), "--metrics-port", str(free_port())]
         command = [str(GPUFABRIC), *flags] if selector else [sys.executable, "-c", WITHOUT_SELECTOR, *flags]
+        env = {**os.environ, "POD_NAMESPACE": OPERATOR_NAMESPACE}
+        if baseline is not None:
+            env["PYTHONPATH"] = str(baseline)  # ahead of the installed package
         log = (self.plane.directory / "operator.log").open("wb")
         try:
-            return subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "POD_NAMESPACE": OPERATOR_NAMESPACE}
-            )
+            return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         finally:
             log.close()  # the child has its own descriptor
 
@@ -362,7 +367,7 @@ def measure(case: Case, timeout: float, profile: Path | None = None) -> Row:
         try:
             bench.add_fleet(nodes)
             bench.add_unrelated_pods(case.unrelated_pods)
-            operator = bench.start_operator(case.selector)
+            operator = bench.start_operator(case.selector, case.baseline)
             profiler = start_profiler(operator.pid, profile, case.label.replace(" ", "-"))
             try:
                 time.sleep(3)  # logged in and leading before the workloads arrive
@@ -372,6 +377,10 @@ def measure(case: Case, timeout: float, profile: Path | None = None) -> Row:
                     any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or []) for p in pods
                 )
                 cpu_placing, _ = process_usage(operator.pid)
+                # what the API server and etcd spent meanwhile (the fleet's creation included): on two shared
+                # cores their write throughput is what bounds the time to Placed
+                components = plane.process_ids()
+                server_cpu = sum(process_usage(components[name])[0] for name in ("kube-apiserver", "etcd"))
                 loss_started = datetime.now(UTC)
                 node_loss = lose_a_node(kubelet, bench.core, pods)
                 cpu, rss = process_usage(operator.pid)
@@ -404,6 +413,7 @@ def measure(case: Case, timeout: float, profile: Path | None = None) -> Row:
         pods=len(pods),
         ready_pods=ready,
         cpu_placing_s=cpu_placing,
+        server_cpu_s=server_cpu,
         cpu_s=cpu,
         rss_mb=rss,
         node_loss_s=node_loss,
@@ -429,8 +439,8 @@ def lose_a_node(kubelet: StandInKubelet, core: Any, pods: list[Any], timeout: fl
     return None
 
 
-def cases(sizes: list[int], unrelated: int) -> list[Case]:
-    found = [Case(size) for size in sizes]
+def cases(sizes: list[int], unrelated: int, baseline: Path | None = None) -> list[Case]:
+    found = [case for size in sizes for case in ([Case(size, baseline=baseline)] if baseline else []) + [Case(size)]]
     if unrelated:
         # The label selector's effect: the smallest fleet among many unrelated pods, filtered and not.
         found += [Case(sizes[0], unrelated, selector=True), Case(sizes[0], unrelated, selector=False)]
@@ -440,7 +450,7 @@ def cases(sizes: list[int], unrelated: int) -> list[Case]:
 def report(rows: list[Row]) -> None:
     print(
         f"{'case':>14} {'placed':>11} {'all placed s':>12} {'p50 s':>6} {'p99 s':>6} {'engine s':>8} {'ratio':>7} "
-        f"{'reads':>6} {'writes':>6} {'status':>6} {'writes/pod':>10} {'cpu s':>6} {'rss MB':>7} "
+        f"{'reads':>6} {'writes':>6} {'status':>6} {'writes/pod':>10} {'cpu s':>6} {'api cpu s':>9} {'rss MB':>7} "
         f"{'node loss s':>11} {'loss writes':>11}"
     )
     for r in rows:
@@ -448,7 +458,8 @@ def report(rows: list[Row]) -> None:
         print(
             f"{r.label:>14} {r.placed:>5}/{r.placeable:<5} {r.all_placed_s:>12.1f} {r.p50_s:>6.2f} {r.p99_s:>6.2f} "
             f"{r.engine_s:>8.3f} {r.all_placed_s / max(r.engine_s, 1e-9):>6.0f}x {r.reads:>6} {r.writes:>6} "
-            f"{r.status_patches:>6} {r.writes / max(r.pods, 1):>10.2f} {r.cpu_placing_s:>6.1f} {r.rss_mb:>7.0f} "
+            f"{r.status_patches:>6} {r.writes / max(r.pods, 1):>10.2f} {r.cpu_placing_s:>6.1f} {r.server_cpu_s:>9.1f} "
+            f"{r.rss_mb:>7.0f} "
             f"{loss:>11} {r.node_loss_writes:>11}"
         )
     print("\nwrites per placed pod until every pod was Ready, by resource")
@@ -471,16 +482,22 @@ def main() -> None:
     parser.add_argument("--no-scrape", action="store_true", help="skip the scrape cycle measurement")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for every placement")
     parser.add_argument("--profile", type=Path, help="write py-spy collapsed stacks of the operator into DIR")
+    parser.add_argument(
+        "--baseline-operator",
+        type=Path,
+        metavar="DIR",
+        help="also run each size with the operator package in DIR (e.g. an earlier commit's operator/): before/after",
+    )
     args = parser.parse_args()
     sizes = [100] if args.quick else [int(s) for s in args.sizes.split(",")]
     rows = []
-    for case in cases(sizes, 0 if args.quick else args.unrelated_pods):
+    for case in cases(sizes, 0 if args.quick else args.unrelated_pods, args.baseline_operator):
         row = measure(case, args.timeout, args.profile)
-        if not args.no_scrape and case.unrelated_pods == 0 and row.ready_pods:
+        if not args.no_scrape and case.unrelated_pods == 0 and case.baseline is None and row.ready_pods:
             row.scrape = measure_scrape(row.ready_pods)
         rows.append(row)
     report(rows)
-    last = rows[-1] if not args.unrelated_pods else rows[len(sizes) - 1]
+    last = next(r for r in reversed(rows) if r.label == str(r.size))
     summary = {
         "size": last.size,
         "all_placed_s": round(last.all_placed_s, 1),

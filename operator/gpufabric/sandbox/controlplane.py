@@ -144,6 +144,10 @@ class ControlPlane:
     audit_log: Path = field(init=False)
     _processes: dict[str, subprocess.Popen[bytes]] = field(init=False, default_factory=dict)
 
+    def process_ids(self) -> dict[str, int]:
+        """The running components' process ids, by name (etcd, kube-apiserver, …)."""
+        return {name: process.pid for name, process in self._processes.items() if process.poll() is None}
+
     def __enter__(self) -> Self:
         try:
             self.start()
