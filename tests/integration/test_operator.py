@@ -112,6 +112,7 @@ async def test_a_not_ready_node_loses_its_replicas_after_the_grace_period(cluste
         timeout=20,
         message="replica moved off the NotReady node",
     )
+
     # Replaced at once (drained: a replacement first); what is left there is force-deleted once the grace ends.
     def rescheduled() -> list[dict[str, Any]]:
         return [e for e in cluster.api.live_objects("v1/events", "agents") if e["reason"] == "Rescheduled"]

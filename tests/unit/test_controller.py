@@ -329,7 +329,7 @@ def test_no_handler_reads_kopfs_last_handled_state() -> None:
     operator.kube.close()
 
 
-async def test_an_unschedulable_workload_is_said_once_a_minute_whatever_its_count_of_nodes() -> None:
+async def test_an_unschedulable_workload_is_said_once_in_ten_minutes_whatever_its_count_of_nodes() -> None:
     kube = FakeKube()
     target = reconciler(kube)
     first = Event(WORKLOAD, None, EventType.WARNING, EventReason.UNSCHEDULABLE, "0/10 nodes: 10 not Ready")

@@ -356,18 +356,20 @@ class Reconciler:
             self._tokens_written[target] = time.monotonic()
 
     def _recently_sent(self, event: Event, window: float = 60.0) -> bool:
-        # An unschedulable workload's reason counts nodes ("0/1000 nodes: 999 …, 1 not Ready"): it changes
-        # with every node that comes or goes, and would be a new event on each. One a minute says it; the
-        # status's unschedulableReason always has the current count.
-        message = "" if event.reason in EVENTS_BY_REASON else event.message
-        key = (event.about, event.reason, message)
+        """The same event (object, reason, message) was sent within `window` seconds. An unschedulable
+        workload's reason counts nodes ("0/1000 nodes: 999 …, 1 not Ready"): it changes with every node that
+        comes or goes, so it is said once per UNSCHEDULABLE_EVERY per workload whatever the message (as
+        kube-scheduler's events are rate-limited per object); its status's unschedulableReason always has
+        the current count."""
+        aggregated = event.reason in EVENTS_BY_REASON
+        key = (event.about, event.reason, "" if aggregated else event.message)
         now = time.monotonic()
         if now >= self._events_pruned + window:
             self._recent_events = {k: t for k, t in self._recent_events.items() if t > now}
             self._events_pruned = now
         if self._recent_events.get(key, 0.0) > now:
             return True
-        self._recent_events[key] = now + window
+        self._recent_events[key] = now + (UNSCHEDULABLE_EVERY if aggregated else window)
         return False
 
     async def _report_refused(self, action: Action, error: WriteFailedError) -> None:
@@ -382,8 +384,9 @@ class Reconciler:
             log.warning("could not report %s", error)
 
 
-# Events repeated at most once a window per object and reason, whatever their message says.
+# Events said at most once per UNSCHEDULABLE_EVERY seconds per object and reason, whatever their message.
 EVENTS_BY_REASON = frozenset({EventReason.UNSCHEDULABLE})
+UNSCHEDULABLE_EVERY = 600.0
 
 # The event that says a write was refused as invalid, by the write.
 REFUSED_REASONS = {
