@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from dataclasses import replace
 from datetime import timedelta
 
 from gpufabric.api.refs import Kind
 from gpufabric.reconcile import CreatePod, DeletePod, Event, PatchStatus, Settings, reconcile
+from gpufabric.reconcile.ledger import replicas_of
+from gpufabric.reconcile.passes import find_losses
 from support.fakecluster import FakeCluster
 from support.fleet import node, workload
 
@@ -230,7 +233,15 @@ class TestNodeLoss:
         (draining,) = [e for e in cluster.events if e.reason == "Draining"]
         assert draining.type.value == "Warning"
         assert f"replica 0 on {dead}" in draining.message
-        assert "not Ready for 2s" in draining.message
+        assert "not Ready since 2026-11-25T12:00:00Z" in draining.message
+        # the same words on every pass of the grace, so the controller's de-duplication holds if the
+        # replacement cannot be placed and the step repeats
+        state = cluster.state()
+        ledger = replicas_of(state.pods)
+        later = replace(state, now=state.now + timedelta(seconds=10))
+        assert find_losses(state, ledger, timedelta(seconds=30)).lost[dead].message == (
+            find_losses(later, ledger, timedelta(seconds=30)).lost[dead].message
+        )
         cluster.step()  # the replacement runs; the replica it replaces is let go (gracefully: still in grace)
         cluster.step()
         deleted = [a for a in cluster.applied if isinstance(a, DeletePod)]

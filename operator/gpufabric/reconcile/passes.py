@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from gpufabric.api import labels
 from gpufabric.api.agentworkload import AgentWorkload, ReplicaPlacement
@@ -164,8 +164,11 @@ def find_losses(state: ClusterState, ledger: Sequence[LedgerReplica], grace: tim
                 lost[name] = Loss(f"Node {compute_node.spec.node_name} not Ready for {down}s", force=True)
                 continue
             # Within the grace its pods are not force-deleted (the node may come back), but its replicas
-            # that no longer serve are replaced now, as on a cordoned node.
-            lost[name] = Loss(f"Node {compute_node.spec.node_name} not Ready for {down}s", force=False)
+            # that no longer serve are replaced now, as on a cordoned node. The message names the moment,
+            # not a count of seconds, so it is the same on every pass (an unplaceable replacement is not a
+            # new event each pass).
+            since_text = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            lost[name] = Loss(f"Node {compute_node.spec.node_name} not Ready since {since_text}", force=False)
             if wake_at is None or deadline < wake_at:
                 wake_at = deadline
     return Losses(lost, wake_at)
