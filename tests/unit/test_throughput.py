@@ -15,6 +15,7 @@ from gpufabric.reconcile.status import tokens_to_write
 from gpufabric.throughput import Autoscaler, Inputs, LearnedThroughput, Reading, ScrapeProblem, read, size_class
 from gpufabric.throughput.autoscale import needed
 from gpufabric.throughput.capacity import best_total, free_capacity
+from gpufabric.throughput.exposition import _line_samples, _page_samples
 from gpufabric.throughput.learning import MIN_SAMPLES
 from gpufabric.throughput.rates import MAX_PLAUSIBLE_RATE, CounterSeries, increase
 from gpufabric.vendors import ACCELERATORS, Precision
@@ -91,6 +92,44 @@ class TestExposition:
         assert read(broken, "vllm:prompt_tokens_total", "vllm:generation_tokens_total", None) == Reading(
             prompt=outcome.prompt, generation=outcome.generation, waiting=None
         )
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["vllm:prompt_tokens_total", "vllm:generation_tokens_total", "x:y_total"]),
+                st.dictionaries(
+                    st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,8}", fullmatch=True),
+                    st.text(alphabet='ab\\"\n},{= \t', max_size=8),
+                    max_size=3,
+                ),
+                st.floats(min_value=0, max_value=1e12, allow_nan=False, allow_infinity=False),
+                st.sampled_from(["", " 1700000000000", "\t-5"]),
+                st.sampled_from([" ", "\t", "  "]),
+            ),
+            min_size=1,
+            max_size=6,
+        )
+    )
+    def test_the_line_reader_reads_sample_lines_as_prometheus_client_does(
+        self, lines: list[tuple[str, dict[str, str], float, str, str]]
+    ) -> None:
+        def quoted(value: str) -> str:
+            return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+        def line(name: str, labels: dict[str, str], value: float, stamp: str, gap: str) -> str:
+            pairs = ",".join(k + '="' + quoted(v) + '"' for k, v in labels.items())
+            return f"{name}{{{pairs}}}{gap}{value!r}{stamp}\n"
+
+        text = "".join(line(*sample) for sample in lines)
+        ours = list(_line_samples(text))
+        theirs = list(_page_samples(text))
+        assert ours == theirs
+
+    @pytest.mark.parametrize("line", ['a{b="c} 1', 'a{b="c"} ', 'a{b="c" d="e"} 1', "a 1 2 3", "a{b=c} 1", "a{ 1"])
+    def test_the_line_reader_refuses_what_is_not_a_sample_line(self, line: str) -> None:
+        with pytest.raises(ValueError, match=r"not a sample line|labels not understood|could not convert"):
+            list(_line_samples(line + "\n"))
 
     @pytest.mark.parametrize(
         ("text", "reason"),

@@ -14,7 +14,8 @@ parses — as a smaller number, which would look like a counter reset.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -79,7 +80,7 @@ def _names(counter: str) -> tuple[str, ...]:
 def read(text: str, prompt_counter: str, generation_counter: str, waiting_gauge: str | None) -> Reading | ScrapeProblem:
     counters = (prompt_counter, generation_counter, waiting_gauge)
     names = (*_names(prompt_counter), *_names(generation_counter), *((waiting_gauge,) if waiting_gauge else ()))
-    outcome = _parse(_lines_of(text, names), *counters)
+    outcome = _parse(_lines_of(text, names), *counters, samples=_line_samples)
     if isinstance(outcome, ScrapeProblem) and outcome.reason == MISSING_COUNTER:
         # No token lines at all: is it a metrics page without them, or not a metrics page (an HTML error)?
         whole = _parse(text, *counters)
@@ -126,26 +127,68 @@ def _lines_of(text: str, names: tuple[str, ...]) -> str:
     return "\n".join(found[at] for at in sorted(found)) + ("" if cut_off else "\n")
 
 
+# One sample line of the text format: name, optional {labels}, value, optional timestamp. Label values are
+# quoted with \\, \" and \n escaped (https://prometheus.io/docs/instrumenting/exposition_formats/).
+_SAMPLE = re.compile(
+    r'([a-zA-Z_:][a-zA-Z0-9_:]*)[ \t]*(?:\{((?:[^"}]|"(?:[^"\\\n]|\\.)*")*)\})?[ \t]+(\S+)(?:[ \t]+-?\d+)?[ \t]*'
+)
+_LABEL = re.compile(r'[ \t]*([a-zA-Z_][a-zA-Z0-9_]*)[ \t]*=[ \t]*"((?:[^"\\\n]|\\.)*)"[ \t]*(?:,|$)')
+_ESCAPE = re.compile(r"\\(.)")
+_ESCAPED = {"\\": "\\", '"': '"', "n": "\n"}
+
+Sample = tuple[str, dict[str, str], float]
+
+
+def _page_samples(text: str) -> Iterator[Sample]:
+    """Every sample of a whole page, by prometheus-client's parser."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            yield sample.name, dict(sample.labels), float(sample.value)
+
+
+def _line_samples(text: str) -> Iterator[Sample]:
+    """The samples of lines `_lines_of` kept: sample lines only, a few of them. prometheus-client's parser
+    reads labels a character at a time (0.1 ms for three lines, a sixth of a scrape's CPU at 5,000 pods);
+    this reads the same lines with two regular expressions, and a test holds the two to the same answers."""
+    for line in text.split("\n"):
+        if not line:
+            continue
+        sample = _SAMPLE.fullmatch(line)
+        if sample is None:
+            raise ValueError(f"not a sample line: {line[:100]!r}")
+        name, labels_text, value = sample.groups()
+        labels: dict[str, str] = {}
+        end = 0
+        for label in _LABEL.finditer(labels_text or ""):
+            if label.start() != end:
+                break
+            labels[label[1]] = _ESCAPE.sub(lambda m: _ESCAPED.get(m[1], m[0]), label[2])
+            end = label.end()
+        if labels_text and labels_text[end:].strip():
+            raise ValueError(f"labels not understood: {labels_text[:100]!r}")
+        yield name, labels, float(value)
+
+
 def _parse(
-    text: str, prompt_counter: str, generation_counter: str, waiting_gauge: str | None
+    text: str,
+    prompt_counter: str,
+    generation_counter: str,
+    waiting_gauge: str | None,
+    samples: Callable[[str], Iterator[Sample]] = _page_samples,
 ) -> Reading | ScrapeProblem:
     wanted = dict.fromkeys(_names(prompt_counter), "prompt") | dict.fromkeys(_names(generation_counter), "generation")
     series: dict[str, dict[SeriesKey, float]] = {"prompt": {}, "generation": {}}
     waiting: float | None = None
     try:
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                kind = wanted.get(sample.name)
-                if kind is not None:
-                    value = float(sample.value)
-                    if not math.isfinite(value) or value < 0:
-                        return ScrapeProblem(INVALID_VALUE, f"{sample.name} = {value}")
-                    key = (sample.name, tuple(sorted(sample.labels.items())))
-                    series[kind][key] = series[kind].get(key, 0.0) + value
-                elif waiting_gauge is not None and sample.name == waiting_gauge:
-                    value = float(sample.value)
-                    if math.isfinite(value) and value >= 0:
-                        waiting = (waiting or 0.0) + value
+        for name, labels, value in samples(text):
+            kind = wanted.get(name)
+            if kind is not None:
+                if not math.isfinite(value) or value < 0:
+                    return ScrapeProblem(INVALID_VALUE, f"{name} = {value}")
+                key = (name, tuple(sorted(labels.items())))
+                series[kind][key] = series[kind].get(key, 0.0) + value
+            elif waiting_gauge is not None and name == waiting_gauge and math.isfinite(value) and value >= 0:
+                waiting = (waiting or 0.0) + value
     except (ValueError, TypeError, IndexError) as error:
         return ScrapeProblem(PARSE_ERROR, str(error)[:200])
     counters = {"prompt": prompt_counter, "generation": generation_counter}
