@@ -159,8 +159,8 @@ def find_losses(state: ClusterState, ledger: Sequence[LedgerReplica], grace: tim
         elif not health.ready:
             since = health.since or state.now
             deadline = since + grace
-            down = int((state.now - since).total_seconds())
             if state.now >= deadline:
+                down = int((state.now - since).total_seconds())
                 lost[name] = Loss(f"Node {compute_node.spec.node_name} not Ready for {down}s", force=True)
                 continue
             # Within the grace its pods are not force-deleted (the node may come back), but its replicas
