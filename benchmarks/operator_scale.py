@@ -41,6 +41,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 import kubernetes
 import yaml
 
@@ -53,6 +55,7 @@ from gpufabric.vendors import ACCELERATORS
 from scrape_cycle import Cycle
 from scrape_cycle import measure as measure_scrape
 from scrape_cycle import table as scrape_table
+from support.realcluster import pod_is_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 GPUFABRIC = Path(sys.executable).with_name("gpufabric")
@@ -320,7 +323,7 @@ class Bench:
 
     def all_ready(self) -> bool:
         pods = self.core.list_namespaced_pod(NAMESPACE).items
-        return all(any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or []) for p in pods)
+        return all(pod_is_ready(p) for p in pods)
 
     def operator_requests(self, loss_started: datetime | None) -> tuple[Counter[tuple[str, bool]], Counter[str], int]:
         """The operator's requests until the node loss: (verb, status?) counts, writes by resource; and its
@@ -373,9 +376,7 @@ def measure(case: Case, timeout: float, profile: Path | None = None) -> Row:
                 time.sleep(3)  # logged in and leading before the workloads arrive
                 placing = bench.create_and_wait(bodies, wanted, timeout)
                 pods = bench.core.list_namespaced_pod(NAMESPACE).items
-                ready = sum(
-                    any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or []) for p in pods
-                )
+                ready = sum(pod_is_ready(p) for p in pods)
                 cpu_placing, _ = process_usage(operator.pid)
                 # what the API server and etcd spent meanwhile (the fleet's creation included): on two shared
                 # cores their write throughput is what bounds the time to Placed
@@ -432,8 +433,7 @@ def lose_a_node(kubelet: StandInKubelet, core: Any, pods: list[Any], timeout: fl
     kubelet.fail(node)
     while time.monotonic() - started < timeout:
         for pod in core.list_namespaced_pod(NAMESPACE, label_selector=f"gpufabric.io/workload={workload}").items:
-            ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
-            if ready and pod.spec.node_name != node and pod.metadata.deletion_timestamp is None:
+            if pod_is_ready(pod) and pod.spec.node_name != node and pod.metadata.deletion_timestamp is None:
                 return time.monotonic() - started
         time.sleep(0.5)
     return None
