@@ -12,11 +12,15 @@ same configuration, so they can never act as two different identities.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
+import urllib3
 import yaml
 from kubernetes import client, config
+
+log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -63,7 +67,21 @@ def load(kubeconfig: str | None = None, context: str | None = None) -> client.Co
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
         # The loader assumes a well-formed file; anything else (not YAML, not a mapping) surfaces as these.
         raise CredentialsError(f"kubeconfig {paths} is not a usable kubeconfig: {_one_line(error)}") from None
+    if not configuration.verify_ssl:
+        _insecure_once(str(configuration.host))
     return configuration
+
+
+_warned_insecure: set[str] = set()
+
+
+def _insecure_once(server: str) -> None:
+    """A kubeconfig with insecure-skip-tls-verify: said once per server, here, instead of urllib3's
+    InsecureRequestWarning (with a stack line) on every request the process makes."""
+    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+    if server not in _warned_insecure:
+        _warned_insecure.add(server)
+        log.warning("TLS verification of %s is off (insecure-skip-tls-verify in the kubeconfig)", server)
 
 
 def _check_shape(path: Path, context: str | None) -> None:

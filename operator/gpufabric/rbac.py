@@ -87,6 +87,22 @@ RULES: tuple[Rule, ...] = (
         "engine files of replicas (MindIE's config.json); never read",
     ),
     Rule("", ("nodes",), WATCH, Scope.CLUSTER, "Node readiness and advertised devices"),
+    Rule(
+        "",
+        ("pods",),
+        WATCH,
+        Scope.CLUSTER,
+        "devices others' pods hold: bound, running pods the operator does not manage, in every namespace "
+        "(of each, only its Node and accelerator requests are kept)",
+    ),
+    Rule("", ("namespaces",), WATCH, Scope.CLUSTER, "namespaces being deleted get no new pods or Services"),
+    Rule(
+        "resource.k8s.io",
+        ("resourceslices", "resourceclaims"),
+        WATCH,
+        Scope.CLUSTER,
+        "Dynamic Resource Allocation: the devices Nodes publish and those others' claims hold",
+    ),
     Rule("", ("events",), ("create",), Scope.WATCHED_NAMESPACES, "events on AgentWorkloads: placed, moved, scaled"),
     Rule("", ("events",), ("create",), Scope.DEFAULT_NAMESPACE, "events on ComputeNodes (cluster-scoped)"),
     Rule(

@@ -89,6 +89,9 @@ class VendorFacts:
     discovery: DiscoveryLabels
     # Taint keys GPU nodes of this vendor carry; pods the operator renders tolerate them (Exists).
     taint_keys: tuple[str, ...]
+    # Drivers that publish this vendor's devices through Dynamic Resource Allocation (resource.k8s.io/v1
+    # ResourceSlices' spec.driver); a ComputeNode's spec.draDriver names another.
+    dra_drivers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,9 @@ _VENDORS: dict[Vendor, VendorFacts] = {
         # The device plugin's own manifests tolerate nvidia.com/gpu (deployments/static/
         # nvidia-device-plugin.yml); GKE taints GPU nodes nvidia.com/gpu=present:NoSchedule.
         taint_keys=("nvidia.com/gpu",),
+        # NVIDIA/k8s-dra-driver-gpu cmd/gpu-kubelet-plugin/main.go (DriverName); whole GPUs are devices
+        # `gpu-<minor>` with attribute type=gpu, MIG partitions type=mig (cmd/gpu-kubelet-plugin/deviceinfo.go).
+        dra_drivers=("gpu.nvidia.com",),
     ),
     Vendor.MTHREADS: VendorFacts(
         vendor=Vendor.MTHREADS,
@@ -202,6 +208,9 @@ _VENDORS: dict[Vendor, VendorFacts] = {
         ),
         # No documented default taint: ESTIMATE, taint with the resource name like the other vendors.
         taint_keys=("mthreads.com/gpu",),
+        # No DRA driver for MUSA devices is published (searched Dec 2026): spec.draDriver names one if a
+        # cluster runs its own.
+        dra_drivers=(),
     ),
     Vendor.ASCEND: VendorFacts(
         vendor=Vendor.ASCEND,
@@ -236,6 +245,9 @@ _VENDORS: dict[Vendor, VendorFacts] = {
         ),
         # mind-cluster ascend-device-plugin/build/ascendplugin-volcano.yaml tolerates these keys.
         taint_keys=("huawei.com/Ascend910", "huawei.com/npu"),
+        # Huawei publishes no DRA driver; HAMi's Project-HAMi/ascend-dra-driver pkg/consts/consts.go names its
+        # driver ascend.project-hami.io.
+        dra_drivers=("ascend.project-hami.io",),
     ),
 }
 

@@ -321,16 +321,20 @@ async def test_status_subresource_separates_status_from_the_rest(
 
 
 async def test_what_is_not_emulated_is_refused(emulator: FabricEmulator, core: Any, custom: Any) -> None:
-    """PUT, fieldSelector, initial streaming, Orphan propagation, the scale subresource: nothing the operator
-    or kopf sends against the emulator uses them, so it refuses them rather than answer with semantics it
-    lacks."""
+    """PUT, field selectors on fields the API server does not index, initial streaming, Orphan propagation,
+    the scale subresource: nothing the operator or kopf sends against the emulator uses them, so it refuses
+    them rather than answer with semantics it lacks."""
     created = await call(custom.create_cluster_custom_object, GROUP, VERSION, "computenodes", node("a"))
     status, body = await refused(
         call(custom.replace_cluster_custom_object, GROUP, VERSION, "computenodes", "a", created)
     )
     assert (status, body["reason"]) == (405, "MethodNotAllowed")
-    status, _ = await refused(call(core.list_namespaced_pod, "agents", field_selector="spec.nodeName=n1"))
-    assert status == 400
+    status, body = await refused(call(core.list_namespaced_pod, "agents", field_selector="spec.containers=x"))
+    assert (status, body["message"]) == (400, 'field label not supported: "spec.containers"')
+    status, _ = await refused(
+        call(custom.list_cluster_custom_object, GROUP, VERSION, "computenodes", field_selector="spec.nodeName=n")
+    )
+    assert status == 400  # only pods have selectable fields beyond metadata's
     with pytest.raises(HarnessError) as streaming:  # kopf's opt-in initial streaming
         await watch(emulator, CN, sendInitialEvents="true", resourceVersionMatch="NotOlderThan")
     assert streaming.value.status == 400
@@ -400,6 +404,33 @@ async def test_list_and_watch_filter_by_label_selector(emulator: FabricEmulator,
         ("ADDED", "d"),
         ("DELETED", "a"),
         ("MODIFIED", "c"),
+    ]
+
+
+async def test_list_and_watch_filter_by_field_selector(emulator: FabricEmulator, core: Any) -> None:
+    """The operator's watch of others' pods: bound (`spec.nodeName!=`) and not terminal. A pod that leaves the
+    selection (it finished) is DELETED for the watch, one that enters it (it was bound) ADDED."""
+    selector = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
+    await call(core.create_namespaced_pod, "agents", pod("bound", node_name="n1"))
+    await call(core.create_namespaced_pod, "agents", pod("pending"))
+    await call(core.create_namespaced_pod, "agents", pod("done", node_name="n1"))
+    await emulator.h_patch(
+        "v1/pods", "done", {"status": {"phase": "Succeeded"}}, namespace="agents", subresource="status"
+    )
+    listed = await call(core.list_pod_for_all_namespaces, field_selector=selector)
+    assert [p.metadata.name for p in listed.items] == ["bound"]
+    named = await call(core.list_namespaced_pod, "agents", field_selector="metadata.name=pending")
+    assert [p.metadata.name for p in named.items] == ["pending"]
+
+    since = emulator.resource_version
+    await emulator.h_patch(
+        "v1/pods", "bound", {"status": {"phase": "Failed"}}, namespace="agents", subresource="status"
+    )
+    await call(core.patch_namespaced_pod, "pending", "agents", {"spec": {"nodeName": "n2"}})
+    events = await watch(emulator, "v1/pods", fieldSelector=selector, resourceVersion=since)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
+        ("DELETED", "bound"),
+        ("ADDED", "pending"),
     ]
 
 

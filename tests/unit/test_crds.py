@@ -135,7 +135,18 @@ def test_printer_columns_show_what_operators_look_for() -> None:
         crd["spec"]["names"]["kind"]: [c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
         for crd in committed_crds().values()
     }
-    assert columns["ComputeNode"] == ["Vendor", "Accelerator", "Devices", "Free", "Domain", "Ready", "Age"]
+    assert columns["ComputeNode"] == [
+        "Vendor",
+        "Accelerator",
+        "Devices",
+        "Offered",
+        "Ours",
+        "Others",
+        "Free",
+        "Domain",
+        "Ready",
+        "Age",
+    ]
     assert columns["AgentWorkload"] == ["Model", "Replicas", "Ready", "Vendors", "Tokens/s", "Age"]
 
 

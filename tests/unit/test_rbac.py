@@ -67,5 +67,16 @@ def test_watching_some_namespaces_binds_roles_there_and_nothing_namespaced_clust
     bindings = [d for d in documents if d["kind"].endswith("Binding")]
     assert len(bindings) == len(roles)
     cluster_resources = {res for rule in roles[("ClusterRole", None)] for res in rule["resources"]}
-    # Nothing namespaced, and no CRDs either: kopf's scanning is off when the namespaces are listed.
-    assert cluster_resources == {"computenodes", "computenodes/status", "nodes"}
+    # No CRDs: kopf's scanning is off when the namespaces are listed. Namespaced, only reads of pods (others'
+    # hold devices in every namespace) and ResourceClaims; namespaces to see those being deleted.
+    assert cluster_resources == {
+        "computenodes",
+        "computenodes/status",
+        "nodes",
+        "pods",
+        "namespaces",
+        "resourceslices",
+        "resourceclaims",
+    }
+    pods = [rule for rule in roles[("ClusterRole", None)] if "pods" in rule["resources"]]
+    assert pods == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]

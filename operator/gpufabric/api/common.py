@@ -167,9 +167,11 @@ QUANTITY_PATTERN = (
 METRIC_NAME_PATTERN = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
 # Condition reasons, as metav1.Condition validates them.
 CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
-# Free text that must be one token: images, model names and paths.
-NO_WHITESPACE_PATTERN = r"^[^\s]+$"
-HTTP_PATH_PATTERN = r"^/[^\s]*$"
+# Free text that must be one token: images, model names and paths. Spelled out (space and the control
+# characters) rather than `\s`, which means different sets in the API server's Go RE2 ([\t\n\f\r ]),
+# pydantic's Rust regex (Unicode White_Space) and Python's re (also \x1c-\x1f): all three agree on this.
+NO_WHITESPACE_PATTERN = r"^[^\x00-\x20\x7f]+$"
+HTTP_PATH_PATTERN = r"^/[^\x00-\x20\x7f]*$"
 # What the kubelet accepts as a container env variable name.
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 RDMA_DEVICE_PATTERN = r"^[A-Za-z0-9_.:-]+$"

@@ -3,6 +3,7 @@ RoCE NICs and its place in the fabric. Cluster-scoped, like the Node it describe
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
@@ -38,11 +39,27 @@ DEFAULT_GID_INDEX = 3
 
 _KNOWN = tuple(vendors.ACCELERATORS)
 _MAKER = {name: facts.vendor for name, facts in vendors.ACCELERATORS.items()}
+_DRA_DEFAULTS = "; ".join(f"{v}: {', '.join(f.dra_drivers) or 'none known'}" for v, f in vendors.VENDORS.items())
 _CEL_MODELS_BY_VENDOR = (
     "{" + ", ".join(f"'{v}': {cel_list([a.name for a in vendors.accelerators_of(v)])}" for v in Vendor) + "}"
 )
 
 DomainName = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN)]
+# A DRA driver's name is a DNS subdomain (resource.k8s.io/v1 ResourceSlice spec.driver, at most 63 characters).
+DraDriverName = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+    ),
+]
+
+
+class DeviceSource(StrEnum):
+    """Where a ComputeNode's offered devices are read from."""
+
+    DEVICE_PLUGIN = "DevicePlugin"  # the Node's status.allocatable for the device resource
+    DRA = "DynamicResourceAllocation"  # ResourceSlices of the node's DRA driver
+    NONE = "None"  # neither: the Node is missing or advertises none of them
 
 
 class Fabric(WireModel):
@@ -111,6 +128,14 @@ class ComputeNodeSpec(WireModel):
         default_factory=list,
         description="RoCE NICs. Multi-node replicas need at least one.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["interface"]},
+    )
+    dra_driver: DraDriverName | None = Field(
+        default=None,
+        description="Dynamic Resource Allocation driver whose ResourceSlices publish these devices, where the "
+        "cluster publishes them that way. Defaults per vendor "
+        f"({_DRA_DEFAULTS}). "
+        "Where the Node has slices of the driver, the operator counts the devices in them instead of the Node's "
+        "allocatable, and devices allocated to others' ResourceClaims as held.",
     )
     rdma_resource: ResourceName | None = Field(
         default=None,
@@ -191,6 +216,10 @@ class ComputeNodeSpec(WireModel):
         return self.resource_name or vendors.facts(self.vendor).resource_name
 
     @property
+    def dra_driver_names(self) -> tuple[str, ...]:
+        return (self.dra_driver,) if self.dra_driver else vendors.facts(self.vendor).dra_drivers
+
+    @property
     def roce_domain(self) -> str | None:
         return self.fabric.roce_domain if self.fabric else None
 
@@ -212,8 +241,23 @@ class ComputeNodeStatus(WireModel):
 
     observed_generation: Annotated[int, Field(strict=True, ge=0)] | None = None
     conditions: Conditions = Field(default_factory=list)
-    allocated_devices: Annotated[int, Field(strict=True, ge=0)] = 0
-    free_devices: Annotated[int, Field(strict=True, ge=0)] = 0
+    offered_devices: Annotated[int, Field(strict=True, ge=0)] | None = Field(
+        default=None,
+        description="Devices the node offers now: the smaller of spec.devices and what its Node advertises "
+        "(the device plugin's allocatable, or the devices in its DRA ResourceSlices).",
+    )
+    device_source: DeviceSource | None = Field(default=None, description="Where offeredDevices was read from.")
+    allocated_devices: Annotated[int, Field(strict=True, ge=0)] = Field(
+        default=0, description="Devices allocated to the operator's replicas."
+    )
+    held_by_others: Annotated[int, Field(strict=True, ge=0)] | None = Field(
+        default=None,
+        description="Devices pods the operator does not manage hold on the Node (their requests of the device "
+        "resource, or their ResourceClaims' allocations).",
+    )
+    free_devices: Annotated[int, Field(strict=True, ge=0)] = Field(
+        default=0, description="Devices new replicas can take: offered, less allocated and held by others."
+    )
     workloads: Annotated[list[NodeWorkload], Field(max_length=MAX_LIST_ITEMS * 4)] = Field(default_factory=list)
     tokens_per_second: TokensPerSecond | None = None
 

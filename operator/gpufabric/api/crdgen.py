@@ -89,8 +89,11 @@ KINDS: tuple[Kind, ...] = (
         printer_columns=(
             PrinterColumn("Vendor", "string", ".spec.vendor", "Accelerator vendor"),
             PrinterColumn("Accelerator", "string", ".spec.accelerator", "Accelerator model"),
-            PrinterColumn("Devices", "integer", ".spec.devices", "Accelerators in the node"),
-            PrinterColumn("Free", "integer", ".status.freeDevices", "Accelerators not allocated"),
+            PrinterColumn("Devices", "integer", ".spec.devices", "Accelerators declared"),
+            PrinterColumn("Offered", "integer", ".status.offeredDevices", "Accelerators the Node advertises"),
+            PrinterColumn("Ours", "integer", ".status.allocatedDevices", "Accelerators allocated to replicas"),
+            PrinterColumn("Others", "integer", ".status.heldByOthers", "Accelerators pods of others hold"),
+            PrinterColumn("Free", "integer", ".status.freeDevices", "Accelerators new replicas can take"),
             PrinterColumn("Domain", "string", ".spec.fabric.roceDomain", "RoCE domain"),
             PrinterColumn("Ready", "string", _READY, "Whether the node can take replicas"),
             PrinterColumn("Age", "date", ".metadata.creationTimestamp", "Time since creation"),

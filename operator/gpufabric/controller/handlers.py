@@ -19,7 +19,15 @@ from gpufabric.api.common import API_GROUP, API_VERSION
 from gpufabric.api.computenode import ComputeNode
 from gpufabric.controller.reconciler import Reconciler
 from gpufabric.reconcile import NodeHealth, discovery
-from gpufabric.reconcile.observe import NotOurs, agent_workload, compute_node, node_health, owned_service, pod_record
+from gpufabric.reconcile.observe import (
+    NotOurs,
+    agent_workload,
+    compute_node,
+    namespace_terminating,
+    node_health,
+    owned_service,
+    pod_record,
+)
 
 log = logging.getLogger(__name__)
 MANAGED = {labels.MANAGED_BY: labels.MANAGER}
@@ -81,6 +89,11 @@ def register_indexes(registry: kopf.OperatorRegistry, reconciler: Reconciler) ->
     async def gf_workloads(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[str, Any]:
         return {f"{namespace}/{name}": agent_workload(body)}
 
+    # Only the namespaces being deleted: nothing new is created in them (the API server would refuse it).
+    @kopf.index("namespaces", registry=registry, id="gf_terminating_namespaces")
+    async def gf_terminating_namespaces(body: kopf.Body, name: str, **_: Any) -> dict[str, Any] | None:
+        return {name: True} if namespace_terminating(body) else None
+
     @kopf.index("services", labels=MANAGED, registry=registry, id="gf_services")
     async def gf_services(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[str, Any] | None:
         owned = owned_service(body)
@@ -125,6 +138,16 @@ def register_wakeups(registry: kopf.OperatorRegistry, reconciler: Reconciler) ->
         else:
             seen[name] = health
         await wake()
+
+    terminating: set[str] = set()
+
+    @kopf.on.event("namespaces", registry=registry)
+    async def namespace_changed(body: kopf.Body, name: str, type: str | None, **_: Any) -> None:
+        # A namespace starting to terminate stops the writes for its workloads; nothing else about one matters.
+        going = type != "DELETED" and namespace_terminating(body)
+        if going != (name in terminating):
+            (terminating.add if going else terminating.discard)(name)
+            await wake()
 
     kopf.on.event(API_GROUP, API_VERSION, "computenodes", registry=registry)(wake)
     kopf.on.event(API_GROUP, API_VERSION, "agentworkloads", registry=registry)(wake)

@@ -50,6 +50,10 @@ class WriteFailedError(Exception):
         self.reason = reason
 
 
+class NamespaceTerminatingError(WriteFailedError):
+    """A create refused because its namespace is being deleted (403, cause NamespaceTerminating)."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     attempts: int = 5
@@ -114,6 +118,8 @@ class Kube:
                     exists_ok and error.status == 409 and _status_reason(error) == "AlreadyExists"
                 ):
                     return None
+                if error.status == 403 and _namespace_terminating(error):
+                    raise NamespaceTerminatingError(what, 403, _reason(error)) from None
                 if exists_raise and error.status == 409 and _status_reason(error) == "AlreadyExists":
                     raise WriteFailedError(what, 409, "AlreadyExists") from None
                 if error.status not in RETRYABLE or attempt == self.retry.attempts:
@@ -332,6 +338,20 @@ def _status_reason(error: ApiException) -> str | None:
         return None
     reason = body.get("reason") if isinstance(body, dict) else None
     return str(reason) if reason else None
+
+
+def _namespace_terminating(error: ApiException) -> bool:
+    """The namespace lifecycle admission's refusal: `... is forbidden: unable to create new content in
+    namespace agents because it is being terminated`, with a NamespaceTerminating cause (kubernetes
+    plugin/pkg/admission/namespace/lifecycle)."""
+    try:
+        body = json.loads(error.body) if isinstance(error.body, (str, bytes)) else {}
+    except ValueError:
+        return False
+    causes = ((body.get("details") or {}).get("causes") or []) if isinstance(body, dict) else []
+    return any(isinstance(c, dict) and c.get("type") == "NamespaceTerminating" for c in causes) or (
+        "because it is being terminated" in str(body.get("message", "") if isinstance(body, dict) else "")
+    )
 
 
 def _reason(error: ApiException) -> str:

@@ -23,8 +23,9 @@ from gpufabric.api.agentworkload import AgentWorkload
 from gpufabric.api.computenode import ComputeNode
 from gpufabric.api.reasons import EventReason, EventType
 from gpufabric.api.refs import Kind, ObjectRef
+from gpufabric.controller.clusterwatch import Others
 from gpufabric.controller.expectations import Expectations
-from gpufabric.controller.kube import Kube, WriteFailedError
+from gpufabric.controller.kube import Kube, NamespaceTerminatingError, WriteFailedError
 from gpufabric.controller.leader import Leadership
 from gpufabric.exporter import FleetView, OperatorMetrics
 from gpufabric.reconcile import (
@@ -49,6 +50,8 @@ from gpufabric.reconcile import (
 )
 from gpufabric.reconcile.actions import RetryKey, retry_key
 from gpufabric.reconcile.observe import pod_record
+from gpufabric.reconcile.passes import Avoided
+from gpufabric.reconcile.state import DraInventory
 from gpufabric.throughput import TokenTracker
 
 log = logging.getLogger(__name__)
@@ -59,7 +62,10 @@ NODE_INDEX = "gf_nodes"
 COMPUTE_NODE_INDEX = "gf_compute_nodes"
 WORKLOAD_INDEX = "gf_workloads"
 SERVICE_INDEX = "gf_services"
-INDEX_NAMES = (POD_INDEX, NODE_INDEX, COMPUTE_NODE_INDEX, WORKLOAD_INDEX, SERVICE_INDEX)
+NAMESPACE_INDEX = "gf_terminating_namespaces"
+INDEX_NAMES = (POD_INDEX, NODE_INDEX, COMPUTE_NODE_INDEX, WORKLOAD_INDEX, SERVICE_INDEX, NAMESPACE_INDEX)
+# The first pass waits at most this long for others' pods and DRA objects to be listed.
+OTHERS_FIRST_LIST = 30.0
 
 
 class Batch(Enum):
@@ -98,6 +104,8 @@ class Reconciler:
     expectations: Expectations = field(default_factory=Expectations)
     indexes: Mapping[str, Any] = field(default_factory=dict)
     tokens: TokenTracker | None = None
+    # others' pods and DRA objects (None: nobody else holds devices, as in unit tests)
+    others: Others | None = None
 
     def __post_init__(self) -> None:
         self._wake = asyncio.Event()
@@ -116,6 +124,8 @@ class Reconciler:
         self.published = FleetView()
         self.last_error: str | None = None
         self.passes = 0
+        # nodes kube-scheduler refused workloads' replicas on, from the last pass
+        self._avoided: Avoided = {}
 
     # --- signals from handlers --------------------------------------------------------------------------
 
@@ -132,6 +142,8 @@ class Reconciler:
 
     async def run(self, stop: asyncio.Event) -> None:
         await _until(self._ready.wait(), stop)
+        if self.others is not None:
+            await _until(self.others.first_outcome(OTHERS_FIRST_LIST), stop)
         wake_at: datetime | None = None
         while not stop.is_set():
             timeout = self.loop.resync
@@ -174,6 +186,7 @@ class Reconciler:
         failed = await self.execute(outcome.actions, state)
         self._failures = self._failures + 1 if failed else 0
         self.last_outcome = outcome
+        self._avoided = outcome.avoided
         self.passes += 1
         return outcome
 
@@ -205,6 +218,12 @@ class Reconciler:
         report = self.tokens.report(workloads, now) if self.tokens is not None and with_tokens else None
         targets = [w.ref for w in workloads.values()] + [n.ref for n in compute_nodes.values()]
         stale = frozenset(t for t in targets if now - self._tokens_written.get(t, 0.0) >= self.loop.tokens_min_interval)
+        foreign: dict[str, dict[str, int]] = {}
+        foreign_known, dra = True, DraInventory()
+        if self.others is not None:
+            self.others.look_for(n.spec.device_resource_name for n in compute_nodes.values())
+            foreign, foreign_known = self.others.foreign()
+            dra = self.others.dra()
         return ClusterState(
             compute_nodes=compute_nodes,
             nodes=nodes,
@@ -215,6 +234,11 @@ class Reconciler:
             invalid_workloads=invalid,
             tokens=report,
             tokens_stale=stale,
+            foreign=foreign,
+            foreign_known=foreign_known,
+            dra=dra,
+            terminating_namespaces=frozenset(self._keyed(NAMESPACE_INDEX)),
+            avoided=self._avoided,
         )
 
     # --- actions ----------------------------------------------------------------------------------------------
@@ -321,6 +345,11 @@ class Reconciler:
         async with gate:
             try:
                 await write()
+            except NamespaceTerminatingError:
+                # The namespace went between the pass and the write: not a failure (the next pass sees it
+                # terminating and writes nothing there).
+                log.debug("%s %s: its namespace is being deleted", action.verb, describe(action))
+                return True
             except Exception as error:  # one failed write must not stop the others
                 if not isinstance(error, WriteFailedError):
                     log.exception("%s %s failed", action.verb, describe(action))

@@ -19,6 +19,7 @@ from prometheus_client import start_http_server
 
 from gpufabric import credentials
 from gpufabric.controller import kopf_scale
+from gpufabric.controller.clusterwatch import Others
 from gpufabric.controller.handlers import register
 from gpufabric.controller.kube import Kube
 from gpufabric.controller.leader import Leadership
@@ -28,6 +29,7 @@ from gpufabric.controller.store import LearnedStore
 from gpufabric.exporter import OperatorMetrics
 from gpufabric.placement import PriorThroughput
 from gpufabric.reconcile import Settings
+from gpufabric.reconcile.passes import DEFAULT_UNSCHEDULABLE_GRACE
 from gpufabric.throughput import ScrapeTarget, TokenTracker
 from gpufabric.vendors import ACCELERATORS
 
@@ -52,6 +54,7 @@ class OperatorOptions:
     health_port: int | None = None
     discover_nodes: bool = False
     node_grace_seconds: float = 30.0
+    unschedulable_grace_seconds: float = DEFAULT_UNSCHEDULABLE_GRACE.total_seconds()
     leader_election: bool = True
     # where the Lease and the learned-throughput ConfigMap live
     operator_namespace: str = field(default_factory=default_operator_namespace)
@@ -135,12 +138,18 @@ class Operator:
             kube=self.kube,
             # Placement reads per-device throughput from what the fleet has measured (a snapshot of the tracker's
             # learned table each pass), the prior elsewhere.
-            settings=Settings(node_grace=timedelta(seconds=self.options.node_grace_seconds)),
+            settings=Settings(
+                node_grace=timedelta(seconds=self.options.node_grace_seconds),
+                unschedulable_grace=timedelta(seconds=self.options.unschedulable_grace_seconds),
+            ),
             loop=self.options.loop,
             metrics=self.metrics,
             leadership=self.leadership,
             tokens=self.tokens,
         )
+        # Others' pods and DRA objects, cluster-wide whatever namespaces are watched: devices are held
+        # across namespaces.
+        self.reconciler.others = Others(self.login, self.reconciler.trigger)
         self.scraper = Scraper(self.tokens, self.reconciler, self.options.scrape, url_for=self.options.scrape_url)
         self.store = LearnedStore(
             self.kube, self.options.operator_namespace, self.tokens.learned, every=self.options.learned_save_every
@@ -162,6 +171,8 @@ class Operator:
             settings.scanning.disabled = bool(self.options.namespaces)
             await self.store.load()  # what earlier runs learned: a restart does not forget it
             tasks.append(asyncio.create_task(self.leadership.run(stop), name="gpufabric-lease"))
+            assert self.reconciler.others is not None
+            tasks.append(asyncio.create_task(self.reconciler.others.run(stop), name="gpufabric-others"))
             tasks.append(asyncio.create_task(self.reconciler.run(stop), name="gpufabric-reconciler"))
             tasks.append(asyncio.create_task(self.scraper.run(stop), name="gpufabric-scraper"))
             tasks.append(asyncio.create_task(self.store.run(stop, self.leadership), name="gpufabric-learned-store"))

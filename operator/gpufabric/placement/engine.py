@@ -22,7 +22,7 @@ victims back if that does not help — the snapshot's release/allocate pair is t
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 from gpufabric.api.agentworkload import SpreadPolicy
@@ -77,6 +77,7 @@ class _Plan:
     view: BucketIndex
     selected: Callable[[NodeState], bool]
     domain_allowed: Callable[[NodeState], bool]
+    avoided: Mapping[str, str]
     refusal: str | None = None
 
 
@@ -100,7 +101,7 @@ def place(
     # Explanations by (spec, decisions so far): a fleet with many unplaceable copies of one workload (the
     # same spec under many names) explains it once per change of the snapshot, not once per copy. Each
     # explanation reads every node, so this was nodes x refused workloads on every pass.
-    explained: dict[tuple[str, int], str] = {}
+    explained: dict[tuple[str, tuple[tuple[str, str], ...], int], str] = {}
     for index, request in enumerate(ordered):
         plan = plans[request.workload.key]
         choice = _choose(snapshot, plan, market, weights) if plan.refusal is None else None
@@ -113,10 +114,12 @@ def place(
             continue
         if plan.refusal is None:
             # Free devices only shrink during a pass, so the workload's later replicas fail the same way.
-            key = (plan.request.spec.model_dump_json(), len(decisions))
+            key = (plan.request.spec.model_dump_json(), plan.request.avoid, len(decisions))
             if key not in explained:
                 spec = plan.request.spec
-                explained[key] = explain(snapshot, spec, plan.candidates, plan.selected, plan.domain_allowed)
+                explained[key] = explain(
+                    snapshot, spec, plan.candidates, plan.selected, plan.domain_allowed, avoided=plan.avoided
+                )
             plan.refusal = explained[key]
         refusals.append(Refusal(request.workload.key, request.replica, plan.refusal))
     return PlacementResult(tuple(decisions), tuple(refusals))
@@ -144,11 +147,17 @@ def _plan(snapshot: Snapshot, request: WorkloadRequest, source: ThroughputSource
     def domain_allowed(node: NodeState) -> bool:
         return domains is None or node.domain in domains
 
+    avoided = dict(request.avoid)
     key: Hashable = None
-    if selector is not None or domains is not None:
-        key = (json.dumps(selector.wire() if selector else None, sort_keys=True), tuple(sorted(domains or ())))
-    view = snapshot.view(key, lambda node: selected(node) and domain_allowed(node))
-    return _Plan(request, candidates_for(spec, snapshot.classes, source, weights), view, selected, domain_allowed)
+    if selector is not None or domains is not None or avoided:
+        key = (
+            json.dumps(selector.wire() if selector else None, sort_keys=True),
+            tuple(sorted(domains or ())),
+            request.avoid,
+        )
+    view = snapshot.view(key, lambda node: selected(node) and domain_allowed(node) and node.name not in avoided)
+    candidates = candidates_for(spec, snapshot.classes, source, weights)
+    return _Plan(request, candidates, view, selected, domain_allowed, avoided)
 
 
 def _asks(requests: Sequence[ReplicaRequest], plans: dict[str, _Plan]) -> dict[int, Ask]:

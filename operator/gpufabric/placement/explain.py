@@ -4,13 +4,15 @@
     unsupported, 2 not Ready
 
 Every node gets exactly one reason — the first filter it fails, in the order below — so the counts add up
-to the number of nodes, and the biggest group says what to change first.
+to the number of nodes, and the biggest group says what to change first. A node short of devices says
+whose doing it is: pods of others (`devices held by other pods (8/8)`), its Node advertising fewer than
+declared (`offers 7 of 8 devices`), or the operator's own replicas (`insufficient free devices`).
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from gpufabric.api.agentworkload import AUTO, AgentWorkloadSpec
 from gpufabric.placement.candidates import Candidate, accepted_precisions, engine_refusal, vendor_rank
@@ -31,7 +33,10 @@ def explain(
     candidates: list[Candidate],
     selected: Callable[[NodeState], bool],
     domain_allowed: Callable[[NodeState], bool],
+    *,
+    avoided: Mapping[str, str] | None = None,
 ) -> str:
+    """`avoided`: nodes kube-scheduler refused a replica of this workload on, with what it said."""
     need_by_class: dict[int, int] = {}
     for candidate in candidates:
         need_by_class[candidate.class_id] = min(
@@ -41,7 +46,7 @@ def explain(
     # Nodes that would take a rank of a gang on their own, by (class, domain).
     gang_ready: dict[tuple[int, str | None], list[NodeState]] = defaultdict(list)
     for node in snapshot.nodes.values():
-        reason = _first_failure(node, spec, need_by_class, selected, domain_allowed)
+        reason = _unusable(node, selected, domain_allowed) or _first_failure(node, spec, need_by_class, avoided or {})
         if reason is None:
             gang_ready[(node.class_id, node.domain)].append(node)
         else:
@@ -60,14 +65,10 @@ def explain(
     return f"0/{total} nodes: " + ", ".join(f"{count} {reason}" for reason, count in ranked)
 
 
-def _first_failure(
-    node: NodeState,
-    spec: AgentWorkloadSpec,
-    need_by_class: dict[int, int],
-    selected: Callable[[NodeState], bool],
-    domain_allowed: Callable[[NodeState], bool],
+def _unusable(
+    node: NodeState, selected: Callable[[NodeState], bool], domain_allowed: Callable[[NodeState], bool]
 ) -> str | None:
-    node_class = node.node_class
+    """The node's state or the workload's selection rule it out, whatever it has."""
     if not node.ready:
         return NOT_READY
     if node.cordoned:
@@ -76,6 +77,13 @@ def _first_failure(
         return NOT_SELECTED
     if not domain_allowed(node):
         return DOMAIN_NOT_ALLOWED
+    return None
+
+
+def _first_failure(
+    node: NodeState, spec: AgentWorkloadSpec, need_by_class: dict[int, int], avoided: Mapping[str, str]
+) -> str | None:
+    node_class = node.node_class
     if vendor_rank(spec, node_class.vendor) is None:
         return f"no runtime for vendor {node_class.vendor.value}"
     accepted = accepted_precisions(spec, node_class)
@@ -94,9 +102,24 @@ def _first_failure(
     need = need_by_class.get(node.class_id)
     if need is None:
         return _too_small(spec, node)
+    if node.name in avoided:
+        return f"refused by kube-scheduler ({avoided[node.name]})"
     if node.free < need:
-        return f"insufficient free devices (need {need})"
+        return _short_of_devices(node, need)
     return None
+
+
+def _short_of_devices(node: NodeState, need: int) -> str:
+    """Why a node of a fitting class has fewer than `need` free devices, by whose doing: the reason that
+    alone explains the shortfall first."""
+    declared = node.node_class.devices
+    if node.offered == 0:
+        return node.observed.shortfall if node.observed and node.observed.shortfall else "offers no devices"
+    if node.held_by_others and node.free + node.held_by_others >= need:
+        return f"devices held by other pods ({node.held_by_others}/{node.offered})"
+    if node.offered < declared and node.free + declared - node.offered >= need:
+        return f"offers {node.offered} of {declared} devices"
+    return f"insufficient free devices (need {need})"
 
 
 def _too_small(spec: AgentWorkloadSpec, node: NodeState) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -17,10 +17,18 @@ class WorkloadRequest:
     key: str
     spec: AgentWorkloadSpec
     created: datetime | None = None
+    # (ComputeNode, what kube-scheduler said) for nodes it refused a replica of this workload on: not chosen
+    # again until their devices change (the reconcile pass decides when)
+    avoid: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def of(cls, workload: AgentWorkload) -> WorkloadRequest:
-        return cls(key=workload.key, spec=workload.spec, created=workload.metadata.creation_timestamp)
+    def of(cls, workload: AgentWorkload, avoid: Mapping[str, str] | None = None) -> WorkloadRequest:
+        return cls(
+            key=workload.key,
+            spec=workload.spec,
+            created=workload.metadata.creation_timestamp,
+            avoid=tuple(sorted((avoid or {}).items())),
+        )
 
     @property
     def priority(self) -> int:

@@ -1,18 +1,19 @@
 """The fleet as placement sees it: nodes grouped into classes, their free devices, and an index of free
 devices per (class, RoCE domain) so a decision looks at buckets, not at every node.
 
-A Snapshot is built from plain data (ComputeNodes, readiness, replicas already running) and changed only
-through `allocate` and `release`, which keep every index consistent; `release` undoes `allocate`, so
-what-if questions (preemption, autoscaling) can try a change and take it back.
+A Snapshot is built from plain data (ComputeNodes, readiness, what each node's Node offers and what pods
+of others hold there, replicas already running) and changed only through `allocate` and `release`, which
+keep every index consistent; `release` undoes `allocate`, so what-if questions (preemption, autoscaling)
+can try a change and take it back.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from gpufabric.api.computenode import ComputeNode
+from gpufabric.api.computenode import ComputeNode, DeviceSource
 from gpufabric.api.refs import Allocation
 from gpufabric.vendors import Precision, Vendor
 
@@ -33,6 +34,25 @@ class NodeClass:
         return tuple(sorted(self.precisions))
 
 
+@dataclass(frozen=True)
+class ObservedDevices:
+    """What a ComputeNode's Node offers now and what pods the operator does not manage hold there: the cluster's
+    view, which kube-scheduler binds against, where the ComputeNode only declares."""
+
+    offered: int  # at most the ComputeNode's spec.devices
+    held_by_others: int = 0
+    source: DeviceSource = DeviceSource.DEVICE_PLUGIN
+    # why fewer devices are offered than declared, in words (None when as declared)
+    shortfall: str | None = None
+    # False while others' pods (or claims) cannot be listed: held_by_others is then 0 for want of knowing
+    others_known: bool = True
+
+    @property
+    def available(self) -> int:
+        """Devices the operator's replicas may take, before its own allocations."""
+        return max(self.offered - self.held_by_others, 0)
+
+
 @dataclass(eq=False)
 class NodeState:
     """One ComputeNode and what is allocated on it. Mutated only by Snapshot."""
@@ -47,10 +67,25 @@ class NodeState:
     free: int
     # workload key -> replicas of it on this node (spreading looks here)
     replicas: Counter[str] = field(default_factory=Counter)
+    # what the cluster reports (declared devices, nothing held by others, when there is no observation)
+    observed: ObservedDevices | None = None
 
     @property
     def schedulable(self) -> bool:
         return self.ready and not self.cordoned
+
+    @property
+    def offered(self) -> int:
+        return self.observed.offered if self.observed else self.node_class.devices
+
+    @property
+    def held_by_others(self) -> int:
+        return self.observed.held_by_others if self.observed else 0
+
+    @property
+    def capacity(self) -> int:
+        """Devices the operator's replicas may hold here in all."""
+        return max(self.offered - self.held_by_others, 0)
 
 
 @dataclass(frozen=True)
@@ -135,8 +170,12 @@ class Snapshot:
         self,
         nodes: Iterable[tuple[ComputeNode, bool]],
         existing: Iterable[ExistingReplica] = (),
+        observed: Mapping[str, ObservedDevices] | None = None,
     ) -> None:
-        """`nodes`: each ComputeNode with whether its Kubernetes Node is Ready. `existing`: replicas running."""
+        """`nodes`: each ComputeNode with whether its Kubernetes Node is Ready. `existing`: replicas running.
+        `observed`: by ComputeNode name, what its Node offers and others hold (without an entry, a node offers
+        what it declares and nobody else holds any: manifests read from files)."""
+        observed = observed or {}
         classes: dict[tuple[object, ...], NodeClass] = {}
         states: list[tuple[str, NodeClass, ComputeNode, bool]] = []
         for compute_node, ready in sorted(nodes, key=lambda pair: pair[0].name):
@@ -156,7 +195,10 @@ class Snapshot:
         class_ids = {_class_key(c): i for i, c in enumerate(self.classes)}
         self.nodes: dict[str, NodeState] = {}
         for name, node_class, compute_node, ready in states:
-            self.nodes[name] = NodeState(
+            seen = observed.get(name)
+            if seen is not None and seen.offered > node_class.devices:
+                seen = replace(seen, offered=node_class.devices)
+            state = NodeState(
                 name=name,
                 node_class=node_class,
                 class_id=class_ids[_class_key(node_class)],
@@ -164,8 +206,11 @@ class Snapshot:
                 labels=compute_node.selection_labels,
                 ready=ready,
                 cordoned=compute_node.spec.unschedulable,
-                free=node_class.devices,
+                free=0,
+                observed=seen,
             )
+            state.free = state.capacity
+            self.nodes[name] = state
         # Replicas whose nodes are gone: the caller must act on them.
         self.orphaned: list[ExistingReplica] = []
         for replica in existing:
@@ -177,8 +222,8 @@ class Snapshot:
                 node.free -= replica.devices_per_node
                 node.replicas[replica.workload] += 1
         for node in self.nodes.values():
-            # A node holding more than it has (its spec shrank under running replicas) has nothing free; its
-            # ComputeNode's status says Overcommitted.
+            # A node holding more than it has (its spec shrank under running replicas, or others took devices
+            # the ledger still counts as ours) has nothing free; its ComputeNode's status says so.
             node.free = max(node.free, 0)
         self.domain_devices: Counter[str | None] = Counter()
         self.domain_free: Counter[str | None] = Counter()
@@ -226,7 +271,7 @@ class Snapshot:
             node = self.nodes[name]
             if node.replicas[workload] < 1:
                 raise ValueError(f"node {name} holds no replica of {workload}")
-            if node.free + devices_per_node > node.node_class.devices:
+            if node.free + devices_per_node > node.capacity:
                 raise ValueError(f"node {name} would have more free devices than it has")
             self._change(name, devices_per_node)
             node.replicas[workload] -= 1

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from gpufabric.api.computenode import ComputeNode
 from gpufabric.api.refs import Allocation, ObjectRef
-from gpufabric.placement.snapshot import ExistingReplica, Snapshot
+from gpufabric.placement.snapshot import ExistingReplica, ObservedDevices, Snapshot
 from gpufabric.reconcile.state import NodeHealth, PodRecord
 
 
@@ -80,13 +80,18 @@ def replicas_of(pods: Iterable[PodRecord]) -> list[LedgerReplica]:
 
 
 def fleet_snapshot(
-    compute_nodes: Iterable[ComputeNode], nodes: Mapping[str, NodeHealth], replicas: Iterable[LedgerReplica]
+    compute_nodes: Iterable[ComputeNode],
+    nodes: Mapping[str, NodeHealth],
+    replicas: Iterable[LedgerReplica],
+    observed: Mapping[str, ObservedDevices] | None = None,
 ) -> Snapshot:
     """The fleet as placement sees it now: a ComputeNode takes new replicas only while its Node exists and is
-    Ready (the snapshot itself keeps cordoned ones out), and every ledger replica holds its devices."""
+    Ready (the snapshot itself keeps cordoned ones out), on the devices its Node offers less those others hold
+    (`observed`, by ComputeNode), and every ledger replica holds its devices."""
     return Snapshot(
         [(node, _node_ready(nodes.get(node.spec.node_name))) for node in compute_nodes],
         [replica.reservation() for replica in replicas],
+        observed,
     )
 
 

@@ -4,11 +4,14 @@ a time, and carries out the actions.
 The pass reads top to bottom as its steps, each a small function from what the steps before it found to a
 small frozen result (and the writes and events it asks for):
 
+0. `active`: workloads being deleted, and those in namespaces being deleted, are left out: they get no new
+   pods, Services, ConfigMaps, statuses or events (their pods keep their devices until they are gone).
+   `observed_in` (devices.py): what each node offers and what others hold there.
 1. `find_losses`: which ComputeNodes' replicas must move now (deleted or cordoned ComputeNode, Node deleted
    or NotReady past the grace period), and when the next grace period ends.
 2. `triage`: each replica in the pod ledger is kept, moved off a lost node (its pods force-deleted), marked
-   for draining (cordoned, or NotReady within its grace: replaced first), replaced (inconsistent pods) or
-   completed (missing ranks).
+   for draining (cordoned, or NotReady within its grace: replaced first), replaced (inconsistent pods, or
+   pods kube-scheduler would not bind within the grace: binding.py) or completed (missing ranks).
 3. `step_workloads`: each workload's next step (workloads.py): replicas to add, to remove, a rolling-update
    surge.
 4. `place_pending`: every pending replica of every workload in one engine pass (priority, then age), against
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from gpufabric.api import labels
@@ -35,6 +38,8 @@ from gpufabric.engines import Engine, custom_conflicts
 from gpufabric.placement import PriorThroughput, ThroughputSource, Weights, place
 from gpufabric.placement.engine import Decision
 from gpufabric.placement.requests import ReplicaRequest, WorkloadRequest
+from gpufabric.placement.snapshot import ObservedDevices
+from gpufabric.reconcile import binding
 from gpufabric.reconcile.actions import (
     Action,
     ApplyConfigMap,
@@ -48,8 +53,9 @@ from gpufabric.reconcile.actions import (
     ScaleWorkload,
 )
 from gpufabric.reconcile.conditions import same
+from gpufabric.reconcile.devices import observed_in
 from gpufabric.reconcile.ledger import LedgerReplica, fleet_snapshot, replicas_of
-from gpufabric.reconcile.state import ClusterState, OwnedService
+from gpufabric.reconcile.state import Avoidance, ClusterState, OwnedService, PodRecord
 from gpufabric.reconcile.status import (
     Holding,
     TargetReport,
@@ -73,6 +79,13 @@ from gpufabric.throughput.tracker import TokenReport
 from gpufabric.vendors import ACCELERATORS
 
 DEFAULT_NODE_GRACE = timedelta(seconds=30)
+# How long kube-scheduler may refuse to bind a pod of ours before its replica is placed elsewhere: long enough
+# for the scheduler's own retries after a transient refusal (a pod of ours still terminating), short next to
+# the minutes a model takes to load.
+DEFAULT_UNSCHEDULABLE_GRACE = timedelta(seconds=30)
+
+# workload key -> ComputeNode -> why not there
+Avoided = Mapping[str, Mapping[str, Avoidance]]
 
 # Replicas of each workload, by workload key: the ones that stay, as the steps narrow them down.
 Live = Mapping[str, tuple[LedgerReplica, ...]]
@@ -81,6 +94,7 @@ Live = Mapping[str, tuple[LedgerReplica, ...]]
 @dataclass(frozen=True)
 class Settings:
     node_grace: timedelta = DEFAULT_NODE_GRACE
+    unschedulable_grace: timedelta = DEFAULT_UNSCHEDULABLE_GRACE
     weights: Weights = field(default_factory=Weights)
     source: ThroughputSource = field(default_factory=lambda: PriorThroughput(dict(ACCELERATORS)))
 
@@ -92,6 +106,10 @@ class Outcome:
     wake_at: datetime | None
     placed: tuple[Decision, ...]
     refused: int
+    # nodes not to choose again per workload, for the next pass's state
+    avoided: Avoided = field(default_factory=dict)
+    # what each ComputeNode offered and others held in this pass
+    observed: Mapping[str, ObservedDevices] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -107,11 +125,13 @@ class Changes:
 
 def reconcile(state: ClusterState, settings: Settings | None = None) -> Outcome:
     settings = settings or Settings()
+    state = active(state)
     ledger = replicas_of(state.pods)
+    observed = observed_in(state)
     losses = find_losses(state, ledger, settings.node_grace)
-    triaged = triage(state, ledger, losses.lost)
+    triaged = triage(state, ledger, losses.lost, Binding(settings.unschedulable_grace, observed))
     stepped = step_workloads(state, triaged)
-    placed = place_pending(state, ledger, stepped, settings)
+    placed = place_pending(state, ledger, stepped, settings, observed)
     changes = (
         triaged.changes
         + stepped.changes
@@ -120,9 +140,28 @@ def reconcile(state: ClusterState, settings: Settings | None = None) -> Outcome:
         + engine_configs(state, placed.live, placed.placements)
         + workload_statuses(state, placed)
         + invalid_workload_statuses(state)
-        + compute_node_statuses(state, ledger, placed.decisions)
+        + compute_node_statuses(state, ledger, placed.decisions, observed)
     )
-    return Outcome(changes.actions + changes.events, losses.wake_at, placed.decisions, placed.refused)
+    wake_at = min((t for t in (losses.wake_at, triaged.wake_at) if t is not None), default=None)
+    return Outcome(
+        changes.actions + changes.events, wake_at, placed.decisions, placed.refused, triaged.avoided, observed
+    )
+
+
+def active(state: ClusterState) -> ClusterState:
+    """The state without workloads that are being deleted or whose namespace is: writing for them would
+    fight the deletion (the namespace controller refuses creates in a terminating namespace)."""
+
+    def going(namespace: str | None, deleted: bool) -> bool:
+        return deleted or namespace in state.terminating_namespaces
+
+    workloads = {
+        k: w for k, w in state.workloads.items() if not going(w.namespace, w.metadata.deletion_timestamp is not None)
+    }
+    invalid = {k: w for k, w in state.invalid_workloads.items() if not going(w.ref.namespace, False)}
+    if len(workloads) == len(state.workloads) and len(invalid) == len(state.invalid_workloads):
+        return state
+    return replace(state, workloads=workloads, invalid_workloads=invalid)
 
 
 # --- 1. lost nodes ------------------------------------------------------------------------------------------
@@ -178,6 +217,14 @@ def find_losses(state: ClusterState, ledger: Sequence[LedgerReplica], grace: tim
 
 
 @dataclass(frozen=True)
+class Binding:
+    """What triage needs to judge pods kube-scheduler will not bind."""
+
+    grace: timedelta
+    observed: Mapping[str, ObservedDevices]
+
+
+@dataclass(frozen=True)
 class Triage:
     live: Live
     # every index any pod of the workload uses (terminating ones included): new replicas take the lowest free
@@ -187,13 +234,22 @@ class Triage:
     # replicas on cordoned or undescribed nodes, with why: replaced first, like outdated ones
     draining: Mapping[str, Mapping[int, str]]
     changes: Changes
+    # nodes not to place each workload on again (kube-scheduler refused it there)
+    avoided: Avoided = field(default_factory=dict)
+    # when a pod kube-scheduler refuses reaches the grace
+    wake_at: datetime | None = None
 
 
-def triage(state: ClusterState, ledger: Sequence[LedgerReplica], lost: Mapping[str, Loss]) -> Triage:
+def triage(
+    state: ClusterState, ledger: Sequence[LedgerReplica], lost: Mapping[str, Loss], bind: Binding | None = None
+) -> Triage:
+    bind = bind or Binding(DEFAULT_UNSCHEDULABLE_GRACE, {})
     live: dict[str, list[LedgerReplica]] = defaultdict(list)
     taken: dict[str, set[int]] = defaultdict(set)
     settling: set[str] = set()
     draining: dict[str, dict[int, str]] = defaultdict(dict)
+    avoided = binding.still_avoided(state, bind.observed)
+    waiting: list[PodRecord] = []
     actions: list[Action] = []
     events: list[Event] = []
     specs = {name: node.spec for name, node in state.compute_nodes.items()}
@@ -205,6 +261,8 @@ def triage(state: ClusterState, ledger: Sequence[LedgerReplica], lost: Mapping[s
         losses = [lost[n] for n in replica.nodes if n in lost]
         why = "; ".join(loss.message for loss in losses)
         broken = _broken(replica)
+        unbound = binding.unbound_pods(replica)
+        refused = binding.given_up(unbound, state.now, bind.grace)
         if any(loss.force for loss in losses):
             actions += _delete_replica(replica, force=True)
             moves = f"replica {replica.replica} moves off {', '.join(replica.nodes)}: {why}"
@@ -215,6 +273,17 @@ def triage(state: ClusterState, ledger: Sequence[LedgerReplica], lost: Mapping[s
             # pod — evicted, say — never comes back by itself).
             actions += _delete_replica(replica, force=False)
             events.append(_event(workload, EventType.WARNING, EventReason.GANG_RESTARTED, broken))
+            settling.add(replica.workload_key)
+        elif refused and not replica.terminating:
+            # kube-scheduler will not bind it where the operator put it: a gang's ranks move together, and the
+            # node is not chosen again for this workload until what it offers or others hold there changes.
+            actions += _delete_replica(replica, force=False)
+            for pod in refused:
+                avoid = binding.avoidance(pod, bind.observed, state.now)
+                avoided.setdefault(replica.workload_key, {})[pod.compute_node] = avoid
+            events.append(
+                _event(workload, EventType.WARNING, EventReason.RESCHEDULED, _not_bound(replica, refused, bind))
+            )
             settling.add(replica.workload_key)
         elif not replica.consistent:
             actions += _delete_replica(replica, force=False)
@@ -231,6 +300,7 @@ def triage(state: ClusterState, ledger: Sequence[LedgerReplica], lost: Mapping[s
             if replica.missing_ranks:
                 pods = render_replica_pods(workload, _placement(replica.replica, replica), specs)
                 actions += [CreatePod(pods[rank], workload.ref) for rank in replica.missing_ranks]
+            waiting += unbound
             live[replica.workload_key].append(replica)
     return Triage(
         live={key: tuple(replicas) for key, replicas in live.items()},
@@ -238,7 +308,16 @@ def triage(state: ClusterState, ledger: Sequence[LedgerReplica], lost: Mapping[s
         settling=frozenset(settling),
         draining=draining,
         changes=Changes(tuple(actions), tuple(events)),
+        avoided=avoided,
+        wake_at=binding.next_deadline(waiting, bind.grace),
     )
+
+
+def _not_bound(replica: LedgerReplica, refused: Sequence[PodRecord], bind: Binding) -> str:
+    """The Rescheduled event: which pods, for how long, and kube-scheduler's own words."""
+    seconds = int(bind.grace.total_seconds())
+    pods = "; ".join(f"pod {pod.name} on {pod.compute_node}: kube-scheduler: {pod.unschedulable}" for pod in refused)
+    return f"replica {replica.replica} moves: not bound within {seconds}s ({pods})"
 
 
 # --- 3. each workload's next step ---------------------------------------------------------------------------
@@ -280,7 +359,8 @@ def step_workloads(state: ClusterState, triaged: Triage) -> Stepped:
             live[key] = tuple(r for r in live[key] if r is not replica)
             verb = "replaced by an up-to-date one" if reason is EventReason.ROLLING_UPDATE else "removed"
             events.append(_event(workload, EventType.NORMAL, reason, f"replica {replica.replica} {verb}"))
-        request = WorkloadRequest.of(workload)
+        avoid = {node: avoided.message for node, avoided in triaged.avoided.get(key, {}).items()}
+        request = WorkloadRequest.of(workload, avoid)
         requests += [ReplicaRequest(request, index) for index in plan.new]
         if plan.surge is not None and plan.fallback is not None:
             surges[(key, plan.surge)] = plan.fallback
@@ -304,8 +384,14 @@ class Placed:
     changes: Changes
 
 
-def place_pending(state: ClusterState, ledger: Sequence[LedgerReplica], stepped: Stepped, settings: Settings) -> Placed:
-    snapshot = fleet_snapshot(state.compute_nodes.values(), state.nodes, ledger)
+def place_pending(
+    state: ClusterState,
+    ledger: Sequence[LedgerReplica],
+    stepped: Stepped,
+    settings: Settings,
+    observed: Mapping[str, ObservedDevices] | None = None,
+) -> Placed:
+    snapshot = fleet_snapshot(state.compute_nodes.values(), state.nodes, ledger, observed)
     result = place(snapshot, stepped.requests, settings.source, settings.weights)
     specs = {name: node.spec for name, node in state.compute_nodes.items()}
     live = dict(stepped.live)
@@ -437,6 +523,7 @@ def workload_statuses(state: ClusterState, placed: Placed) -> Changes:
             ready=sum(1 for r in live if r.ready),
             refusal=placed.refusals.get(key),
             unready_pods=tuple(f"{p.name}: {p.unschedulable}" for r in live for p in r.pods if p.unschedulable),
+            unbound=sum(1 for r in live if binding.unbound_pods(r)),
             conflicts=_conflicts(workload, placements),
             tokens=tokens.workloads.get(key) if tokens else None,
             tokens_stale=stale,
@@ -465,7 +552,10 @@ def invalid_workload_statuses(state: ClusterState) -> Changes:
 
 
 def compute_node_statuses(
-    state: ClusterState, ledger: Sequence[LedgerReplica], decisions: Iterable[Decision]
+    state: ClusterState,
+    ledger: Sequence[LedgerReplica],
+    decisions: Iterable[Decision],
+    observed: Mapping[str, ObservedDevices] | None = None,
 ) -> Changes:
     """What each ComputeNode holds once this pass's pods exist. Deleted pods keep their devices until they
     are gone; the pass that sees them gone frees them."""
@@ -486,6 +576,7 @@ def compute_node_statuses(
             state.now,
             tokens=tokens.nodes.get(name) if tokens else None,
             tokens_stale=node.ref in state.tokens_stale,
+            observed=(observed or {}).get(name),
         )
         patch = status_patch(node.status, node_status)
         if patch:

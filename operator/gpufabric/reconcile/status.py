@@ -14,6 +14,7 @@ from gpufabric.api.computenode import ComputeNode, ComputeNodeStatus, NodeWorklo
 from gpufabric.api.reasons import ConditionReason, ConditionType
 from gpufabric.api.refs import Allocation, ObjectRef
 from gpufabric.api.tokens import TokensPerSecond
+from gpufabric.placement.snapshot import ObservedDevices
 from gpufabric.reconcile.conditions import Wanted, merge
 from gpufabric.reconcile.state import NodeHealth
 from gpufabric.rendering.names import selector_string
@@ -52,6 +53,8 @@ class WorkloadReport:
     ready: int
     refusal: str | None
     unready_pods: tuple[str, ...]  # "pod: why" for pods kube-scheduler will not place
+    # replicas with a pod kube-scheduler has not bound (it said why in unready_pods)
+    unbound: int = 0
     # what in a custom runtime's own command line contradicts the placement, per vendor
     conflicts: tuple[str, ...] = ()
     tokens: TokensPerSecond | None = None
@@ -135,6 +138,16 @@ def workload_status(workload: AgentWorkload, report: WorkloadReport, now: dateti
     current = workload.status or AgentWorkloadStatus()
     if report.refusal is not None:
         placed_condition = Wanted(ConditionType.PLACED, False, ConditionReason.UNSCHEDULABLE, report.refusal)
+    elif report.unbound:
+        # Pods exist, but kube-scheduler will not bind them where they were put: not placed, whatever the
+        # operator decided (they move once the grace is over).
+        placed_condition = Wanted(
+            ConditionType.PLACED,
+            False,
+            ConditionReason.UNSCHEDULABLE,
+            f"{placed - report.unbound}/{wanted} replicas placed; kube-scheduler does not bind "
+            + "; ".join(report.unready_pods),
+        )
     elif placed < wanted:
         placed_condition = Wanted(
             ConditionType.PLACED,
@@ -217,7 +230,9 @@ def compute_node_status(
     *,
     tokens: TokensPerSecond | None = None,
     tokens_stale: bool = False,
+    observed: ObservedDevices | None = None,
 ) -> ComputeNodeStatus:
+    """`observed`: what its Node offers and others hold (None: not observed, as declared)."""
     spec = node.spec
     allocated = 0
     per_workload: Counter[tuple[str, str]] = Counter()
@@ -238,7 +253,8 @@ def compute_node_status(
         ready = Wanted(
             ConditionType.READY, False, ConditionReason.NODE_NOT_READY, f"Node {spec.node_name} is not Ready"
         )
-    advertised = health.allocatable.get(spec.device_resource_name) if health else None
+    offered = observed.offered if observed else spec.devices
+    others = observed.held_by_others if observed else 0
     if allocated > spec.devices:
         healthy = Wanted(
             ConditionType.HEALTHY,
@@ -246,13 +262,20 @@ def compute_node_status(
             ConditionReason.OVERCOMMITTED,
             f"{allocated} devices allocated of {spec.devices}: replicas placed before a change of spec",
         )
-    elif advertised is not None and advertised < spec.devices:
+    elif observed is not None and offered < spec.devices and health is not None:
         healthy = Wanted(
             ConditionType.HEALTHY,
             False,
             ConditionReason.FEWER_DEVICES_ADVERTISED,
-            f"the device plugin advertises {advertised} {spec.device_resource_name}, "
-            f"the ComputeNode declares {spec.devices}",
+            f"offers {offered} of {spec.devices} devices: Node {spec.node_name} {observed.shortfall}; "
+            "placement uses what is offered",
+        )
+    elif health is not None and allocated + others > offered:
+        healthy = Wanted(
+            ConditionType.HEALTHY,
+            False,
+            ConditionReason.OVERCOMMITTED,
+            f"{allocated} devices allocated to replicas and {others} held by other pods, of {offered} offered",
         )
     elif spec.unschedulable:
         healthy = Wanted(
@@ -268,8 +291,11 @@ def compute_node_status(
         update={
             "observed_generation": node.metadata.generation,
             "conditions": merge(current.conditions, [ready, healthy], node.metadata.generation, now),
+            "offered_devices": offered if observed else None,
+            "device_source": observed.source if observed else None,
             "allocated_devices": allocated,
-            "free_devices": max(spec.devices - allocated, 0),
+            "held_by_others": others if observed and observed.others_known else None,
+            "free_devices": max(offered - others - allocated, 0),
             "workloads": [
                 NodeWorkload(namespace=ns, name=name, devices=devices)
                 for (ns, name), devices in sorted(per_workload.items())

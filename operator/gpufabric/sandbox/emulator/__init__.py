@@ -13,7 +13,9 @@ pins, with the upstream fix that would remove it.
 
 Refused with an explicit error, because neither the operator nor kopf sends them here and a silent
 approximation would let a new use pass against semantics that are not there: PUT (405), `fieldSelector`
-and `sendInitialEvents` (400), `propagationPolicy: Orphan` (400), subresources other than `status`,
+on fields the API server does not index (400: pods have theirs, `spec.nodeName`, `status.phase`…, every
+resource `metadata.name` and `metadata.namespace`), `sendInitialEvents` (400), `propagationPolicy:
+Orphan` (400), subresources other than `status`,
 `scale` included (404), `dryRun` (400), server-side apply (415), POST to an object and other writes to a
 collection (405). Ignored: admission and schema validation (see `support.apiserver`), `limit`/`continue`
 (one page), namespace existence and deletion, strategic-merge list semantics (lists are replaced), watch

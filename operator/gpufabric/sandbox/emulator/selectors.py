@@ -1,12 +1,15 @@
-"""Label selectors (`?labelSelector=`) as the API server parses them: kopf and the kubernetes client send
-the string form, and a selector watch must agree with a selector LIST about what matches."""
+"""Label and field selectors (`?labelSelector=`, `?fieldSelector=`) as the API server parses them: kopf, the
+kubernetes client and the operator's own watches send the string form, and a selector watch must agree with
+a selector LIST about what matches."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from typing import Any
 
 LabelMatcher = Callable[[Mapping[str, str]], bool]
+FieldMatcher = Callable[[Mapping[str, Any]], bool]
 
 _KEY = r"[A-Za-z0-9](?:[-A-Za-z0-9_./]*[A-Za-z0-9])?"
 _VALUE = r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
@@ -70,3 +73,53 @@ def parse_label_selector(text: str) -> LabelMatcher:
         return lambda labels: True
     requirements = [_requirement(part.strip()) for part in _split_top_level(text)]
     return lambda labels: all(requirement(labels) for requirement in requirements)
+
+
+# The fields the API server lets pods be selected by, beyond metadata.name and metadata.namespace (kubernetes
+# pkg/registry/core/pod/strategy.go, ToSelectableFields); other resources get only the metadata ones.
+POD_FIELDS = frozenset(
+    {
+        "spec.nodeName",
+        "spec.restartPolicy",
+        "spec.schedulerName",
+        "spec.serviceAccountName",
+        "spec.hostNetwork",
+        "status.phase",
+        "status.podIP",
+        "status.nominatedNodeName",
+    }
+)
+_FIELD_REQ = re.compile(r"(?P<field>[A-Za-z0-9.]+)\s*(?P<op>==|!=|=)\s*(?P<value>[^,]*)")
+
+
+def parse_field_selector(text: str, selectable: frozenset[str] = frozenset()) -> FieldMatcher:
+    """The `fieldSelector` syntax of apimachinery's fields.ParseSelector: `field=value`, `field==value`,
+    `field!=value`, joined by commas (all must hold); a missing field reads as the empty string, so
+    `spec.nodeName!=` selects bound pods. Fields other than metadata.name, metadata.namespace and
+    `selectable` are refused, as the API server refuses them ("field label not supported")."""
+    if not text.strip():
+        return lambda obj: True
+    requirements: list[FieldMatcher] = []
+    for part in text.split(","):
+        match = _FIELD_REQ.fullmatch(part.strip())
+        if match is None:
+            raise ValueError(f"invalid field selector {part!r}")
+        field, op, value = match["field"], match["op"], match["value"].strip()
+        if field not in {"metadata.name", "metadata.namespace"} | selectable:
+            raise ValueError(f'field label not supported: "{field}"')
+        requirements.append(_field_requirement(field, op != "!=", value))
+    return lambda obj: all(requirement(obj) for requirement in requirements)
+
+
+def _field_requirement(field: str, equal: bool, value: str) -> FieldMatcher:
+    path = field.split(".")
+
+    def read(obj: Mapping[str, Any]) -> str:
+        current: Any = obj
+        for step in path:
+            current = current.get(step) if isinstance(current, Mapping) else None
+        if isinstance(current, bool):
+            return "true" if current else "false"
+        return "" if current is None else str(current)
+
+    return lambda obj: (read(obj) == value) == equal

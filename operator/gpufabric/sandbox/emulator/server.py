@@ -21,7 +21,13 @@ from gpufabric.sandbox.emulator import deletion, watch, writes
 from gpufabric.sandbox.emulator.client import HarnessClient, ResourceRef, as_resource, is_harness
 from gpufabric.sandbox.emulator.faults import FaultPlan, inject, watch_drop_at
 from gpufabric.sandbox.emulator.kmockcompat import WRITE_METHODS, CompatEmulator, api_error, created, load_bundled
-from gpufabric.sandbox.emulator.selectors import LabelMatcher, parse_label_selector
+from gpufabric.sandbox.emulator.selectors import (
+    POD_FIELDS,
+    FieldMatcher,
+    LabelMatcher,
+    parse_field_selector,
+    parse_label_selector,
+)
 from gpufabric.sandbox.emulator.store import (
     PODS,
     JsonDict,
@@ -198,24 +204,32 @@ class FabricEmulator(CompatEmulator, HarnessClient):
         )
 
     def _label_selector(self, request: kmock.Request) -> LabelMatcher:
-        if request.params.get("fieldSelector"):
-            raise api_error(400, "BadRequest", "fieldSelector is not emulated by FabricEmulator")
         try:
             return parse_label_selector(request.params.get("labelSelector", ""))
         except ValueError as e:
             raise api_error(400, "BadRequest", f"unable to parse selector: {e}") from None
+
+    def _field_selector(self, request: kmock.Request, resource: kmock.resource) -> FieldMatcher:
+        selectable = POD_FIELDS if resource == PODS else frozenset()
+        try:
+            return parse_field_selector(request.params.get("fieldSelector", ""), selectable)
+        except ValueError as e:
+            raise api_error(400, "BadRequest", str(e)) from None
 
     async def _serve_list(self, request: kmock.Request) -> kmock.Payload:
         """Every matching object in one page (`limit` is ignored, `continue` never set), sorted by
         namespace and name as etcd's key order is, with the current global resourceVersion."""
         resource, info, namespace = self._target(request)
         matches = self._label_selector(request)
+        fields = self._field_selector(request, resource)
         return {
             "apiVersion": api_version(resource),
             "kind": f"{info.kind or 'Object'}List",
             "metadata": {"resourceVersion": self._store.resource_version},
             "items": [
-                copy.deepcopy(obj) for _, obj in self._store.live_items(resource, namespace) if matches(labels(obj))
+                copy.deepcopy(obj)
+                for _, obj in self._store.live_items(resource, namespace)
+                if matches(labels(obj)) and fields(obj)
             ],
         }
 
@@ -231,7 +245,9 @@ class FabricEmulator(CompatEmulator, HarnessClient):
     async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[kmock.Payload]:
         """See `watch.stream`; a named object (`.../NAME?watch=true`) can be watched too."""
         resource, _, namespace = self._target(request)
-        watcher = watch.Watcher(resource, namespace, request.name, self._label_selector(request))
+        watcher = watch.Watcher(
+            resource, namespace, request.name, self._label_selector(request), self._field_selector(request, resource)
+        )
         drop_at = None
         if self.faults is not None and not is_harness(request):
             drop_at = watch_drop_at(self.faults, asyncio.get_running_loop().time())

@@ -14,7 +14,7 @@ from typing import Any
 import kmock
 
 from gpufabric.sandbox.emulator.kmockcompat import api_error
-from gpufabric.sandbox.emulator.selectors import LabelMatcher
+from gpufabric.sandbox.emulator.selectors import FieldMatcher, LabelMatcher
 from gpufabric.sandbox.emulator.store import JsonDict, Store, WatchEvent, labels, meta
 
 
@@ -26,6 +26,7 @@ class Watcher:
     namespace: str | None
     name: str | None
     labels: LabelMatcher
+    fields: FieldMatcher = lambda obj: True
     queue: asyncio.Queue[WatchEvent] = dataclasses.field(default_factory=asyncio.Queue)
 
     def sees(self, obj: Mapping[str, Any] | None) -> bool:
@@ -36,6 +37,7 @@ class Watcher:
             (self.namespace is None or obj_meta.get("namespace") == self.namespace)
             and (self.name is None or obj_meta.get("name") == self.name)
             and self.labels(labels(obj))
+            and self.fields(obj)
         )
 
     def offer(self, event: WatchEvent) -> None:
