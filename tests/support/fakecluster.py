@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,6 +29,7 @@ from gpufabric.reconcile import (
     reconcile,
 )
 from gpufabric.reconcile.observe import agent_workload, compute_node, node_health, owned_service, pod_record
+from gpufabric.reconcile.state import Avoidance
 from gpufabric.vendors import ACCELERATORS
 
 START = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -56,6 +57,13 @@ class FakeCluster:
         self.config_maps: dict[str, dict[str, Any]] = {}
         self.events: list[Event] = []
         self.applied: list[Action] = []
+        # others' pods' requests by Node and resource; namespaces being deleted
+        self.foreign: dict[str, dict[str, int]] = {}
+        self.terminating_namespaces: set[str] = set()
+        # Nodes where kube-scheduler refuses to bind pods, with what it says (pods there stay Pending)
+        self.refusing: dict[str, str] = {}
+        # what the controller keeps from pass to pass
+        self.avoided: Mapping[str, Mapping[str, Avoidance]] = {}
 
     # --- building the cluster ---------------------------------------------------------------------
 
@@ -139,9 +147,13 @@ class FakeCluster:
             services=services,
             now=self.now,
             invalid_workloads=invalid,
+            foreign=copy.deepcopy(self.foreign),
+            terminating_namespaces=frozenset(self.terminating_namespaces),
+            avoided=self.avoided,
         )
 
     def apply(self, outcome: Outcome) -> None:
+        self.avoided = outcome.avoided
         for action in outcome.actions:
             self.applied.append(action)
             match action:
@@ -187,7 +199,24 @@ class FakeCluster:
             if pod["metadata"].get("deletionTimestamp"):
                 del self.pods[key]
                 continue
+            if host in self.refusing and pod.get("status", {}).get("phase") != "Running":
+                pod["status"] = {"phase": "Pending", "conditions": [self._refused(pod, self.refusing[host])]}
+                continue
             pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+
+    def _refused(self, pod: dict[str, Any], message: str) -> dict[str, Any]:
+        """kube-scheduler's condition: the transition time stays that of the first refusal."""
+        before: dict[str, Any] = next(
+            (c for c in pod.get("status", {}).get("conditions", []) if c["type"] == "PodScheduled"), {}
+        )
+        since = before.get("lastTransitionTime", self.now.isoformat())
+        return {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": message,
+            "lastTransitionTime": since,
+        }
 
     def step(self, settings: Settings | None = None, *, kubelet: bool = True) -> Outcome:
         outcome = reconcile(self.state(), settings)

@@ -62,7 +62,7 @@ WATCH_SECONDS = (300, 600)
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0
 FORBIDDEN_RETRY = 60.0  # a missing grant may be added: look again now and then
 NOT_SERVED_RETRY = 300.0
-_RESOURCE_VERSION = re.compile(rb'"resourceVersion":"(\d+)"')
+_RESOURCE_VERSION = re.compile(rb'"resourceVersion": ?"(\d+)"')
 DEFAULT_RESOURCES = frozenset(facts.resource_name for facts in VENDORS.values())
 
 Login = Callable[..., Any]  # kopf's login handler: returns (or awaits to) a kopf.ConnectionInfo
@@ -293,7 +293,8 @@ class ListWatch(Generic[T]):
         """Watch after watch (the server ends each after timeoutSeconds), each from the last version seen."""
         while True:
             seconds = random.randint(*WATCH_SECONDS)
-            params = {"watch": "1", "allowWatchBookmarks": "true", "timeoutSeconds": str(seconds)}
+            params = {"watch": "true", "allowWatchBookmarks": "true", "timeoutSeconds": str(seconds)}
+            started = asyncio.get_running_loop().time()
             response = await self._get(params | ({"resourceVersion": version} if version else {}))
             async with response:
                 buffer = b""
@@ -303,6 +304,8 @@ class ListWatch(Generic[T]):
                     *lines, buffer = buffer.split(b"\n")
                     for line in lines:
                         version = self._event(line) or version
+            if asyncio.get_running_loop().time() - started < 1.0:
+                await asyncio.sleep(1.0)  # a server ending watches at once must not get them in a busy loop
 
     def _event(self, line: bytes) -> str | None:
         """Apply one watch event; the resourceVersion to resume from."""

@@ -171,8 +171,8 @@ class Operator:
             settings.scanning.disabled = bool(self.options.namespaces)
             await self.store.load()  # what earlier runs learned: a restart does not forget it
             tasks.append(asyncio.create_task(self.leadership.run(stop), name="gpufabric-lease"))
-            assert self.reconciler.others is not None
-            tasks.append(asyncio.create_task(self.reconciler.others.run(stop), name="gpufabric-others"))
+            if self.reconciler.others is not None:
+                tasks.append(asyncio.create_task(self.reconciler.others.run(stop), name="gpufabric-others"))
             tasks.append(asyncio.create_task(self.reconciler.run(stop), name="gpufabric-reconciler"))
             tasks.append(asyncio.create_task(self.scraper.run(stop), name="gpufabric-scraper"))
             tasks.append(asyncio.create_task(self.store.run(stop, self.leadership), name="gpufabric-learned-store"))
