@@ -327,6 +327,18 @@ class ControlPlane:
                 raise RuntimeError(f"{what} not ready after {STARTUP_TIMEOUT:.0f} s")
             time.sleep(0.2)
 
+    @contextlib.contextmanager
+    def paused(self, name: str) -> Iterator[None]:
+        """One component frozen (SIGSTOP) for the block, resumed (SIGCONT) however it ends: e.g. a scheduler
+        that binds nothing for a while, to open a race."""
+        process = self._processes[name]
+        os.killpg(process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGCONT)
+
     def _tail(self, name: str, lines: int = 20) -> str:
         return "\n".join(self.logs(name).splitlines()[-lines:])
 
