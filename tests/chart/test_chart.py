@@ -257,7 +257,12 @@ def test_the_pod_meets_the_restricted_pod_security_standard(tmp_path: Path) -> N
 def test_the_operator_is_started_with_its_ports_namespace_and_flags(tmp_path: Path) -> None:
     values = {
         "watchNamespaces": ["team-a"],
-        "operator": {"discoverNodes": True, "nodeGraceSeconds": 60, "scrapeIntervalSeconds": 5},
+        "operator": {
+            "discoverNodes": True,
+            "nodeGraceSeconds": 60,
+            "unschedulableGraceSeconds": 45,
+            "scrapeIntervalSeconds": 5,
+        },
     }
     (deployment,) = [d for d in render(values, tmp_path) if d["kind"] == "Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -265,6 +270,7 @@ def test_the_operator_is_started_with_its_ports_namespace_and_flags(tmp_path: Pa
         "--metrics-port=8080",
         "--health-port=8081",
         "--node-grace=60",
+        "--unschedulable-grace=45",
         "--scrape-interval=5",
         "--namespace=team-a",
         "--discover-nodes",
