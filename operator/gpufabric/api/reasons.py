@@ -142,7 +142,7 @@ CONDITIONS: tuple[tuple[str, ConditionType, str, tuple[ConditionReason, ...]], .
     (
         "ComputeNode",
         ConditionType.HEALTHY,
-        "devices and allocations agree with the spec",
+        "its Node offers the devices declared, and our replicas and others' pods fit in them",
         (
             ConditionReason.AS_DECLARED,
             ConditionReason.CORDONED,
