@@ -329,6 +329,9 @@ async def test_what_is_not_emulated_is_refused(emulator: FabricEmulator, core: A
         call(custom.replace_cluster_custom_object, GROUP, VERSION, "computenodes", "a", created)
     )
     assert (status, body["reason"]) == (405, "MethodNotAllowed")
+    with pytest.raises(HarnessError) as spelled:  # the API server would watch; kmock would list
+        await emulator.h_request("GET", "/api/v1/pods?watch=1")
+    assert spelled.value.status == 400
     status, body = await refused(call(core.list_namespaced_pod, "agents", field_selector="spec.containers=x"))
     assert (status, body["message"]) == (400, 'field label not supported: "spec.containers"')
     status, _ = await refused(

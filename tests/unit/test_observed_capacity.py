@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from gpufabric.api.computenode import DeviceSource
 from gpufabric.placement import place
 from gpufabric.placement.snapshot import ObservedDevices
-from gpufabric.reconcile import DeletePod, PatchStatus, Settings, reconcile
+from gpufabric.reconcile import CreatePod, DeletePod, PatchStatus, Settings, reconcile
 from gpufabric.reconcile.binding import AVOIDANCE_EXPIRY, scheduler_reason
 from gpufabric.reconcile.devices import observe_devices
 from gpufabric.reconcile.ledger import fleet_snapshot
@@ -345,8 +345,13 @@ def test_a_refused_replica_waits_out_the_grace_then_moves_and_avoids_the_node() 
 
     cluster.advance(30)
     outcome = cluster.step(grace)
-    deleted = [a.target.name for a in outcome.actions if isinstance(a, DeletePod)]
-    assert deleted == ["chat-0-0"]
+    # Replacement first, as for a cordon: the new replica is created elsewhere, then the refused one goes.
+    assert not [a for a in outcome.actions if isinstance(a, DeletePod)]
+    (created,) = [a for a in outcome.actions if isinstance(a, CreatePod)]
+    assert created.manifest["metadata"]["name"] == "chat-1-0"
+    assert refused_on not in str(created.manifest["spec"]["affinity"])
+    deleted = [a.target.name for a in cluster.step(grace).actions if isinstance(a, DeletePod)]
+    assert deleted == ["chat-0-0"], "gone once its replacement exists, not once it is Ready"
     (moved,) = [e for e in cluster.events if e.reason == "Rescheduled"]
     assert moved.message == (
         f"replica 0 moves: not bound within 30s (pod chat-0-0 on {refused_on}: kube-scheduler: {REFUSED})"
@@ -376,6 +381,9 @@ def test_a_gangs_ranks_move_together() -> None:
     cluster.kubelet()
     cluster.advance(31)
     outcome = cluster.step()
+    created = sorted(a.manifest["metadata"]["name"] for a in outcome.actions if isinstance(a, CreatePod))
+    assert created == ["big-1-0", "big-1-1"], "the whole gang is replaced"
+    outcome = cluster.step()
     assert sorted(a.target.name for a in outcome.actions if isinstance(a, DeletePod)) == ["big-0-0", "big-0-1"]
 
 
@@ -393,7 +401,8 @@ def test_an_avoided_node_comes_back_when_what_it_offers_changes_or_after_the_exp
 
     cluster, refused_on = blind_cluster()
     cluster.advance(31)
-    cluster.step()
+    cluster.settle()  # replaced, and the refused replica gone
+    assert refused_on in cluster.avoided[key]
     cluster.advance(AVOIDANCE_EXPIRY.total_seconds())
     cluster.step()
     assert refused_on not in cluster.avoided.get(key, {})

@@ -236,26 +236,45 @@ class Triage:
     changes: Changes
     # nodes not to place each workload on again (kube-scheduler refused it there)
     avoided: Avoided = field(default_factory=dict)
+    # replicas (also draining) kube-scheduler has refused past the grace: replaced, then gone
+    never_bound: Mapping[str, frozenset[int]] = field(default_factory=dict)
     # when a pod kube-scheduler refuses reaches the grace
     wake_at: datetime | None = None
+
+
+@dataclass
+class _Triaging:
+    """What triage collects while it walks the ledger (one pass's scratch, frozen into a Triage at the end)."""
+
+    avoided: dict[str, dict[str, Avoidance]]
+    live: dict[str, list[LedgerReplica]] = field(default_factory=lambda: defaultdict(list))
+    taken: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    settling: set[str] = field(default_factory=set)
+    draining: dict[str, dict[int, str]] = field(default_factory=lambda: defaultdict(dict))
+    never_bound: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    waiting: list[PodRecord] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    def replace(
+        self, workload: AgentWorkload, replica: LedgerReplica, reason: EventReason, message: str, *, force: bool = False
+    ) -> None:
+        """Delete the replica now; the workload places it again once its pods are gone."""
+        self.actions += _delete_replica(replica, force=force)
+        self.events.append(_event(workload, EventType.WARNING, reason, message))
+        self.settling.add(replica.workload_key)
 
 
 def triage(
     state: ClusterState, ledger: Sequence[LedgerReplica], lost: Mapping[str, Loss], bind: Binding | None = None
 ) -> Triage:
     bind = bind or Binding(DEFAULT_UNSCHEDULABLE_GRACE, {})
-    live: dict[str, list[LedgerReplica]] = defaultdict(list)
-    taken: dict[str, set[int]] = defaultdict(set)
-    settling: set[str] = set()
-    draining: dict[str, dict[int, str]] = defaultdict(dict)
-    avoided = binding.still_avoided(state, bind.observed)
-    waiting: list[PodRecord] = []
-    actions: list[Action] = []
-    events: list[Event] = []
+    found = _Triaging(avoided=binding.still_avoided(state, bind.observed))
     specs = {name: node.spec for name, node in state.compute_nodes.items()}
     for replica in ledger:
-        taken[replica.workload_key].add(replica.replica)
-        workload = state.workloads.get(replica.workload_key)
+        key = replica.workload_key
+        found.taken[key].add(replica.replica)
+        workload = state.workloads.get(key)
         if workload is None:
             continue  # its workload is gone (or invalid): ownerReferences let the garbage collector act
         losses = [lost[n] for n in replica.nodes if n in lost]
@@ -264,60 +283,68 @@ def triage(
         unbound = binding.unbound_pods(replica)
         refused = binding.given_up(unbound, state.now, bind.grace)
         if any(loss.force for loss in losses):
-            actions += _delete_replica(replica, force=True)
             moves = f"replica {replica.replica} moves off {', '.join(replica.nodes)}: {why}"
-            events.append(_event(workload, EventType.WARNING, EventReason.RESCHEDULED, moves))
-            settling.add(replica.workload_key)
+            found.replace(workload, replica, EventReason.RESCHEDULED, moves, force=True)
         elif broken is not None:
             # A rank that restarted has left its collective group: the gang starts again as one (a failed
             # pod — evicted, say — never comes back by itself).
-            actions += _delete_replica(replica, force=False)
-            events.append(_event(workload, EventType.WARNING, EventReason.GANG_RESTARTED, broken))
-            settling.add(replica.workload_key)
+            found.replace(workload, replica, EventReason.GANG_RESTARTED, broken)
         elif refused and not replica.terminating:
-            # kube-scheduler will not bind it where the operator put it: a gang's ranks move together, and the
-            # node is not chosen again for this workload until what it offers or others hold there changes.
-            actions += _delete_replica(replica, force=False)
-            for pod in refused:
-                avoid = binding.avoidance(pod, bind.observed, state.now)
-                avoided.setdefault(replica.workload_key, {})[pod.compute_node] = avoid
-            events.append(
-                _event(workload, EventType.WARNING, EventReason.RESCHEDULED, _not_bound(replica, refused, bind))
-            )
-            settling.add(replica.workload_key)
+            _not_bound(found, workload, replica, refused, bind=bind, now=state.now)
         elif not replica.consistent:
-            actions += _delete_replica(replica, force=False)
             inconsistent = f"replica {replica.replica} is inconsistent (its pods disagree); replacing it"
-            events.append(_event(workload, EventType.WARNING, EventReason.RESCHEDULED, inconsistent))
-            settling.add(replica.workload_key)
+            found.replace(workload, replica, EventReason.RESCHEDULED, inconsistent)
         elif replica.terminating:
-            settling.add(replica.workload_key)
+            found.settling.add(key)
         else:
             if losses:
                 # Cordoned or no longer described, but still running: drain it like a rolling update — a
                 # replacement first, then this one goes once the replacement serves.
-                draining[replica.workload_key][replica.replica] = why
+                found.draining[key][replica.replica] = why
             if replica.missing_ranks:
                 pods = render_replica_pods(workload, _placement(replica.replica, replica), specs)
-                actions += [CreatePod(pods[rank], workload.ref) for rank in replica.missing_ranks]
-            waiting += unbound
-            live[replica.workload_key].append(replica)
+                found.actions += [CreatePod(pods[rank], workload.ref) for rank in replica.missing_ranks]
+            found.waiting += unbound
+            found.live[key].append(replica)
     return Triage(
-        live={key: tuple(replicas) for key, replicas in live.items()},
-        taken={key: frozenset(indexes) for key, indexes in taken.items()},
-        settling=frozenset(settling),
-        draining=draining,
-        changes=Changes(tuple(actions), tuple(events)),
-        avoided=avoided,
-        wake_at=binding.next_deadline(waiting, bind.grace),
+        live={key: tuple(replicas) for key, replicas in found.live.items()},
+        taken={key: frozenset(indexes) for key, indexes in found.taken.items()},
+        settling=frozenset(found.settling),
+        draining=found.draining,
+        changes=Changes(tuple(found.actions), tuple(found.events)),
+        avoided=found.avoided,
+        never_bound={key: frozenset(indexes) for key, indexes in found.never_bound.items()},
+        wake_at=binding.next_deadline(found.waiting, bind.grace),
     )
 
 
-def _not_bound(replica: LedgerReplica, refused: Sequence[PodRecord], bind: Binding) -> str:
-    """The Rescheduled event: which pods, for how long, and kube-scheduler's own words."""
+def _not_bound(
+    found: _Triaging,
+    workload: AgentWorkload,
+    replica: LedgerReplica,
+    refused: Sequence[PodRecord],
+    *,
+    bind: Binding,
+    now: datetime,
+) -> None:
+    """kube-scheduler will not bind the replica where the operator put it: it is replaced first, like a
+    cordoned replica, and goes once the replacement exists (a gang's ranks move together). The nodes refused
+    are not chosen again for this workload until what they offer or others hold there changes (kept from the
+    first refusal, so that the expiry runs from then). The Rescheduled event, once: which pods, for how long,
+    and kube-scheduler's own words."""
+    key = replica.workload_key
+    avoiding = found.avoided.setdefault(key, {})
+    first = any(pod.compute_node not in avoiding for pod in refused)
+    for pod in refused:
+        avoiding.setdefault(pod.compute_node, binding.avoidance(pod, bind.observed, now))
     seconds = int(bind.grace.total_seconds())
     pods = "; ".join(f"pod {pod.name} on {pod.compute_node}: kube-scheduler: {pod.unschedulable}" for pod in refused)
-    return f"replica {replica.replica} moves: not bound within {seconds}s ({pods})"
+    moves = f"replica {replica.replica} moves: not bound within {seconds}s ({pods})"
+    if first:
+        found.events.append(_event(workload, EventType.WARNING, EventReason.RESCHEDULED, moves))
+    found.draining[key][replica.replica] = moves
+    found.never_bound[key].add(replica.replica)
+    found.live[key].append(replica)
 
 
 # --- 3. each workload's next step ---------------------------------------------------------------------------
@@ -330,28 +357,36 @@ class Stepped:
     # (workload key, surge index) -> the outdated replica to retire if the surge cannot be placed
     surges: Mapping[tuple[str, int], LedgerReplica]
     changes: Changes
+    # (workload key, index) -> the replica kube-scheduler will not bind that it replaces: retired at once if
+    # the replacement cannot be placed either (it serves nothing where it is)
+    unbound: Mapping[tuple[str, int], LedgerReplica] = field(default_factory=dict)
 
 
 def step_workloads(state: ClusterState, triaged: Triage) -> Stepped:
     live = dict(triaged.live)
     requests: list[ReplicaRequest] = []
     surges: dict[tuple[str, int], LedgerReplica] = {}
+    unbound: dict[tuple[str, int], LedgerReplica] = {}
     actions: list[Action] = []
     events: list[Event] = []
     for key, workload in sorted(state.workloads.items()):
         draining = triaged.draining.get(key, {})
+        never_bound = triaged.never_bound.get(key, frozenset())
+        taken = triaged.taken.get(key, frozenset())
         plan = step(
-            workload, live.get(key, ()), triaged.taken.get(key, frozenset()), key in triaged.settling, set(draining)
+            workload, live.get(key, ()), taken, key in triaged.settling, draining=set(draining), never_bound=never_bound
         )
+        unbound |= {(key, i): r for i, r in zip(plan.new, plan.replacing, strict=False) if r.replica in never_bound}
         if plan.surge is not None and plan.fallback is not None and plan.fallback.replica in draining:
             replacing = (
                 f"replacing replica {plan.fallback.replica} before it leaves "
                 f"{', '.join(plan.fallback.nodes)}: {draining[plan.fallback.replica]}"
             )
             events.append(_event(workload, EventType.NORMAL, EventReason.DRAINING, replacing))
-        if plan.replacing:
-            replacing = "; ".join(f"replica {r.replica} on {', '.join(r.nodes)}" for r in plan.replacing)
-            why = "; ".join(dict.fromkeys(draining[r.replica] for r in plan.replacing))
+        serving_nothing = [r for r in plan.replacing if r.replica not in never_bound]  # Rescheduled said the rest
+        if serving_nothing:
+            replacing = "; ".join(f"replica {r.replica} on {', '.join(r.nodes)}" for r in serving_nothing)
+            why = "; ".join(dict.fromkeys(draining[r.replica] for r in serving_nothing))
             message = f"replacing what serves nothing now ({replacing}): {why}"
             events.append(_event(workload, EventType.WARNING, EventReason.DRAINING, message))
         for replica, reason in plan.remove:
@@ -368,7 +403,7 @@ def step_workloads(state: ClusterState, triaged: Triage) -> Stepped:
             before = workload.status.replicas if workload.status else 0
             scaling = f"scaling from {before} to {workload.spec.replicas} replicas"
             events.append(_event(workload, EventType.NORMAL, EventReason.SCALED, scaling))
-    return Stepped(live, tuple(requests), surges, Changes(tuple(actions), tuple(events)))
+    return Stepped(live, tuple(requests), surges, Changes(tuple(actions), tuple(events)), unbound)
 
 
 # --- 4. placement -------------------------------------------------------------------------------------------
@@ -413,6 +448,11 @@ def place_pending(
     for refusal in result.refusals:
         fallback = stepped.surges.get((refusal.workload, refusal.replica))
         workload = state.workloads[refusal.workload]
+        if (stranded := stepped.unbound.get((refusal.workload, refusal.replica))) is not None:
+            # No room elsewhere for what kube-scheduler will not bind: it goes anyway, rather than wait
+            # Pending for good; the workload says why it has a replica fewer.
+            actions += _delete_replica(stranded, force=False)
+            live[refusal.workload] = tuple(r for r in live[refusal.workload] if r is not stranded)
         if fallback is None:
             refusals[refusal.workload] = refusal.reason
             continue

@@ -62,12 +62,15 @@ def step(
     live: Sequence[LedgerReplica],
     taken: Iterable[int],
     settling: bool,
+    *,
     draining: frozenset[int] | set[int] = frozenset(),
+    never_bound: frozenset[int] | set[int] = frozenset(),
 ) -> WorkloadStep:
     """`live`: the workload's replicas that are staying (complete or being completed, not terminating, not
     being moved). `taken`: every index in use by any pod (terminating ones included: names are stable).
     `settling`: some replica of the workload is terminating or being moved — no rollout step meanwhile.
-    `draining`: replicas on cordoned or undescribed nodes, replaced like outdated ones."""
+    `draining`: replicas on cordoned or undescribed nodes, replaced like outdated ones. `never_bound`: those
+    of them kube-scheduler will not bind where they are: they go as soon as their replacement exists."""
     wanted = workload.spec.replicas
     old = [r for r in live if r.replica in draining or outdated(workload, r)]
     fresh = [r for r in live if r not in old]
@@ -75,10 +78,12 @@ def step(
 
     if len(live) > wanted:
         excess = len(live) - wanted
-        if old and any(not r.ready for r in fresh):
-            # A rollout step is in flight: keep one old replica serving until the new one is ready.
+        if any(r.replica not in never_bound for r in old) and any(not r.ready for r in fresh):
+            # A rollout step is in flight: keep one old replica serving until the new one is ready (one that
+            # was never bound serves nothing, and never will where it is).
             excess -= 1
-        order = sorted(old, key=lambda r: -r.replica) + sorted(fresh, key=lambda r: (r.ready, -r.replica))
+        order = sorted(old, key=lambda r: (r.replica not in never_bound, -r.replica))
+        order += sorted(fresh, key=lambda r: (r.ready, -r.replica))
         reasons = [EventReason.ROLLING_UPDATE if r in old else EventReason.SCALED_DOWN for r in order]
         return WorkloadStep((), None, tuple(zip(order[:excess], reasons[:excess], strict=True)), None)
 

@@ -220,6 +220,10 @@ class FabricEmulator(CompatEmulator, HarnessClient):
         """Every matching object in one page (`limit` is ignored, `continue` never set), sorted by
         namespace and name as etcd's key order is, with the current global resourceVersion."""
         resource, info, namespace = self._target(request)
+        if request.params.get("watch", "false") not in ("false", "0"):
+            # kmock routes only watch=true to the watch; the API server takes any ParseBool spelling. Refused
+            # rather than answered with a LIST (a client would read it as a watch that ended at once).
+            raise api_error(400, "BadRequest", "watch must be spelled watch=true for FabricEmulator")
         matches = self._label_selector(request)
         fields = self._field_selector(request, resource)
         return {
