@@ -55,16 +55,10 @@ def render_replica_pods(
 def render_pod(
     workload: AgentWorkload, placement: ReplicaPlacement, rank: int, nodes: Mapping[str, ComputeNodeSpec]
 ) -> dict[str, Any]:
-    spec = workload.spec
-    runtime = spec.runtimes[placement.vendor]
+    runtime = workload.spec.runtimes[placement.vendor]
     node = nodes[placement.nodes[rank]]
-    facts = vendors.facts(placement.vendor)
-    gang = len(placement.nodes) > 1
     name = pod_name(workload.name, placement.replica, rank)
-    metrics = spec.metrics_for(placement.vendor)
-    metrics_port = metrics.port
     rendered = engine_command(workload, placement, rank)
-
     pod_labels = {
         **selector_labels(workload.name),
         labels.NAME: workload.name,
@@ -73,6 +67,27 @@ def render_pod(
         labels.REPLICA: str(placement.replica),
         labels.RANK: str(rank),
     }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": workload.namespace,
+            "labels": pod_labels,
+            "annotations": _annotations(workload, placement, rank, node, rendered),
+            "ownerReferences": [owner_reference(workload)],
+        },
+        "spec": _pod_spec(workload, placement, rank, node, runtime=runtime, rendered=rendered),
+    }
+
+
+def _annotations(
+    workload: AgentWorkload, placement: ReplicaPlacement, rank: int, node: ComputeNodeSpec, rendered: Rendered | None
+) -> dict[str, str]:
+    """The allocation record the ledger is rebuilt from, and what scrapers and Multus read."""
+    spec = workload.spec
+    runtime = spec.runtimes[placement.vendor]
+    metrics = spec.metrics_for(placement.vendor)
     annotations = {
         labels.COMPUTE_NODE: placement.nodes[rank],
         labels.DEVICES: str(placement.devices_per_node),
@@ -85,16 +100,21 @@ def render_pod(
     if rank == 0:
         annotations |= {
             "prometheus.io/scrape": "true",
-            "prometheus.io/port": str(metrics_port),
+            "prometheus.io/port": str(metrics.port),
             "prometheus.io/path": metrics.path,
         }
-    if gang and node.network_attachment:
+    if len(placement.nodes) > 1 and node.network_attachment:
         annotations[MULTUS_NETWORKS] = node.network_attachment
     if runtime.engine is not Engine.CUSTOM:
         annotations[labels.ENGINE] = runtime.engine.value
-    volumes: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}}]
     if rendered is not None and rendered.files:
         annotations[labels.ENGINE_CONFIG] = engine_config_name(workload.name, placement.replica)
+    return annotations
+
+
+def _volumes(workload: AgentWorkload, placement: ReplicaPlacement, rendered: Rendered | None) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}}]
+    if rendered is not None and rendered.files:
         volumes.append(
             {
                 "name": "engine-config",
@@ -106,43 +126,39 @@ def render_pod(
                 },
             }
         )
+    return volumes
 
+
+def _pod_spec(
+    workload: AgentWorkload,
+    placement: ReplicaPlacement,
+    rank: int,
+    node: ComputeNodeSpec,
+    *,
+    runtime: Runtime,
+    rendered: Rendered | None,
+) -> dict[str, Any]:
+    metrics_port = workload.spec.metrics_for(placement.vendor).port
+    pin = {"matchExpressions": [{"key": HOSTNAME_LABEL, "operator": "In", "values": [node.node_name]}]}
     pod_spec: dict[str, Any] = {
-        "affinity": {
-            "nodeAffinity": {
-                "requiredDuringSchedulingIgnoredDuringExecution": {
-                    "nodeSelectorTerms": [
-                        {"matchExpressions": [{"key": HOSTNAME_LABEL, "operator": "In", "values": [node.node_name]}]}
-                    ]
-                }
-            }
-        },
-        "tolerations": [{"key": key, "operator": "Exists", "effect": "NoSchedule"} for key in facts.taint_keys],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [pin]}}},
+        "tolerations": [
+            {"key": key, "operator": "Exists", "effect": "NoSchedule"}
+            for key in vendors.facts(placement.vendor).taint_keys
+        ],
         "containers": [
             _container(workload, placement, rank, node, runtime=runtime, metrics_port=metrics_port, rendered=rendered)
         ],
-        "volumes": volumes,
+        "volumes": _volumes(workload, placement, rendered),
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         "enableServiceLinks": False,
     }
-    if gang:
+    if len(placement.nodes) > 1:
         # Pods resolve as <hostname>.<subdomain>.<namespace>.svc through the replica's headless Service.
-        pod_spec["hostname"] = name
+        pod_spec["hostname"] = pod_name(workload.name, placement.replica, rank)
         pod_spec["subdomain"] = replica_service_name(workload.name, placement.replica)
-
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": workload.namespace,
-            "labels": pod_labels,
-            "annotations": annotations,
-            "ownerReferences": [owner_reference(workload)],
-        },
-        "spec": pod_spec,
-    }
+    return pod_spec
 
 
 def _container(
