@@ -10,7 +10,7 @@ from typing import Any
 
 from gpufabric.api.agentworkload import AgentWorkload, AgentWorkloadStatus, ReplicaPlacement
 from gpufabric.api.common import Condition
-from gpufabric.api.computenode import ComputeNode, ComputeNodeStatus, NodeWorkload
+from gpufabric.api.computenode import ComputeNode, ComputeNodeSpec, ComputeNodeStatus, NodeWorkload
 from gpufabric.api.reasons import ConditionReason, ConditionType
 from gpufabric.api.refs import Allocation, ObjectRef
 from gpufabric.api.tokens import TokensPerSecond
@@ -132,60 +132,59 @@ def _target_conditions(target: TargetReport, report: WorkloadReport) -> list[Wan
     return wanted
 
 
-def workload_status(workload: AgentWorkload, report: WorkloadReport, now: datetime) -> AgentWorkloadStatus:
-    wanted = workload.spec.replicas
+def _placed(report: WorkloadReport, wanted: int) -> Wanted:
     placed = len(report.placements)
-    current = workload.status or AgentWorkloadStatus()
     if report.refusal is not None:
-        placed_condition = Wanted(ConditionType.PLACED, False, ConditionReason.UNSCHEDULABLE, report.refusal)
-    elif report.unbound:
+        return Wanted(ConditionType.PLACED, False, ConditionReason.UNSCHEDULABLE, report.refusal)
+    if report.unbound:
         # Pods exist, but kube-scheduler will not bind them where they were put: not placed, whatever the
         # operator decided (they move once the grace is over).
-        placed_condition = Wanted(
+        return Wanted(
             ConditionType.PLACED,
             False,
             ConditionReason.UNSCHEDULABLE,
             f"{placed - report.unbound}/{wanted} replicas placed; kube-scheduler does not bind "
             + "; ".join(report.unready_pods),
         )
-    elif placed < wanted:
-        placed_condition = Wanted(
+    if placed < wanted:
+        return Wanted(
             ConditionType.PLACED,
             False,
             ConditionReason.PENDING,
             f"{placed}/{wanted} replicas placed; waiting for replaced or terminating replicas to free their devices",
         )
-    else:
-        placed_condition = Wanted(
-            ConditionType.PLACED, True, ConditionReason.ALL_REPLICAS_PLACED, f"{placed}/{wanted} replicas placed"
-        )
+    return Wanted(ConditionType.PLACED, True, ConditionReason.ALL_REPLICAS_PLACED, f"{placed}/{wanted} replicas placed")
+
+
+def _ready(report: WorkloadReport, wanted: int) -> Wanted:
     if wanted == 0:
-        ready_condition = Wanted(ConditionType.READY, True, ConditionReason.SCALED_TO_ZERO, "no replicas requested")
-    elif report.ready >= wanted:
-        ready_condition = Wanted(
-            ConditionType.READY, True, ConditionReason.ALL_REPLICAS_READY, f"{report.ready}/{wanted} replicas ready"
-        )
-    else:
-        ready_condition = Wanted(
-            ConditionType.READY, False, ConditionReason.REPLICAS_NOT_READY, f"{report.ready}/{wanted} replicas ready"
-        )
+        return Wanted(ConditionType.READY, True, ConditionReason.SCALED_TO_ZERO, "no replicas requested")
+    ready = f"{report.ready}/{wanted} replicas ready"
+    if report.ready >= wanted:
+        return Wanted(ConditionType.READY, True, ConditionReason.ALL_REPLICAS_READY, ready)
+    return Wanted(ConditionType.READY, False, ConditionReason.REPLICAS_NOT_READY, ready)
+
+
+def _degraded(report: WorkloadReport, wanted: int) -> Wanted:
     if report.unready_pods:
-        degraded = Wanted(
-            ConditionType.DEGRADED, True, ConditionReason.PODS_UNSCHEDULABLE, "; ".join(report.unready_pods)
-        )
-    elif report.conflicts:
-        degraded = Wanted(ConditionType.DEGRADED, True, ConditionReason.ARGS_CONFLICT, "; ".join(report.conflicts))
-    elif 0 < report.ready < wanted:
-        degraded = Wanted(
-            ConditionType.DEGRADED,
-            True,
-            ConditionReason.REPLICAS_UNAVAILABLE,
-            f"{report.ready}/{wanted} replicas ready",
-        )
-    else:
-        degraded = Wanted(
-            ConditionType.DEGRADED, False, ConditionReason.AS_EXPECTED, f"{report.ready}/{wanted} replicas ready"
-        )
+        return Wanted(ConditionType.DEGRADED, True, ConditionReason.PODS_UNSCHEDULABLE, "; ".join(report.unready_pods))
+    if report.conflicts:
+        return Wanted(ConditionType.DEGRADED, True, ConditionReason.ARGS_CONFLICT, "; ".join(report.conflicts))
+    ready = f"{report.ready}/{wanted} replicas ready"
+    if 0 < report.ready < wanted:
+        return Wanted(ConditionType.DEGRADED, True, ConditionReason.REPLICAS_UNAVAILABLE, ready)
+    return Wanted(ConditionType.DEGRADED, False, ConditionReason.AS_EXPECTED, ready)
+
+
+def workload_status(workload: AgentWorkload, report: WorkloadReport, now: datetime) -> AgentWorkloadStatus:
+    wanted = workload.spec.replicas
+    placed = len(report.placements)
+    current = workload.status or AgentWorkloadStatus()
+    placed_condition, ready_condition, degraded = (
+        _placed(report, wanted),
+        _ready(report, wanted),
+        _degraded(report, wanted),
+    )
     wanted_conditions = [placed_condition, ready_condition, degraded]
     if report.target is not None:
         wanted_conditions += _target_conditions(report.target, report)
@@ -234,63 +233,21 @@ def compute_node_status(
 ) -> ComputeNodeStatus:
     """`observed`: what its Node offers and others hold (None: not observed, as declared)."""
     spec = node.spec
-    allocated = 0
     per_workload: Counter[tuple[str, str]] = Counter()
     for holding in holdings:
-        for name in holding.allocation.nodes:
-            if name == node.name:
-                allocated += holding.allocation.devices_per_node
-                per_workload[(holding.workload.namespace or "", holding.workload.name)] += (
-                    holding.allocation.devices_per_node
-                )
-    if health is None:
-        ready = Wanted(
-            ConditionType.READY, False, ConditionReason.NODE_NOT_FOUND, f"Node {spec.node_name} does not exist"
-        )
-    elif health.ready:
-        ready = Wanted(ConditionType.READY, True, ConditionReason.NODE_READY, f"Node {spec.node_name} is Ready")
-    else:
-        ready = Wanted(
-            ConditionType.READY, False, ConditionReason.NODE_NOT_READY, f"Node {spec.node_name} is not Ready"
-        )
+        if node.name in holding.allocation.nodes:
+            per_workload[(holding.workload.namespace or "", holding.workload.name)] += (
+                holding.allocation.devices_per_node * holding.allocation.nodes.count(node.name)
+            )
+    allocated = sum(per_workload.values())
     offered = observed.offered if observed else spec.devices
     others = observed.held_by_others if observed else 0
-    if allocated > spec.devices:
-        healthy = Wanted(
-            ConditionType.HEALTHY,
-            False,
-            ConditionReason.OVERCOMMITTED,
-            f"{allocated} devices allocated of {spec.devices}: replicas placed before a change of spec",
-        )
-    elif observed is not None and offered < spec.devices and health is not None:
-        healthy = Wanted(
-            ConditionType.HEALTHY,
-            False,
-            ConditionReason.FEWER_DEVICES_ADVERTISED,
-            f"offers {offered} of {spec.devices} devices: Node {spec.node_name} {observed.shortfall}; "
-            "placement uses what is offered",
-        )
-    elif health is not None and allocated + others > offered:
-        healthy = Wanted(
-            ConditionType.HEALTHY,
-            False,
-            ConditionReason.OVERCOMMITTED,
-            f"{allocated} devices allocated to replicas and {others} held by other pods, of {offered} offered",
-        )
-    elif spec.unschedulable:
-        healthy = Wanted(
-            ConditionType.HEALTHY,
-            True,
-            ConditionReason.CORDONED,
-            "cordoned: no new replicas; running ones are moved away",
-        )
-    else:
-        healthy = Wanted(ConditionType.HEALTHY, True, ConditionReason.AS_DECLARED, "devices and placement consistent")
     current = node.status or ComputeNodeStatus()
+    conditions = [_node_ready(spec, health), _healthy(spec, health, allocated, observed)]
     return current.model_copy(
         update={
             "observed_generation": node.metadata.generation,
-            "conditions": merge(current.conditions, [ready, healthy], node.metadata.generation, now),
+            "conditions": merge(current.conditions, conditions, node.metadata.generation, now),
             "offered_devices": offered if observed else None,
             "device_source": observed.source if observed else None,
             "allocated_devices": allocated,
@@ -303,6 +260,39 @@ def compute_node_status(
             "tokens_per_second": tokens_to_write(current.tokens_per_second, tokens, tokens_stale),
         }
     )
+
+
+def _node_ready(spec: ComputeNodeSpec, health: NodeHealth | None) -> Wanted:
+    if health is None:
+        return Wanted(
+            ConditionType.READY, False, ConditionReason.NODE_NOT_FOUND, f"Node {spec.node_name} does not exist"
+        )
+    if health.ready:
+        return Wanted(ConditionType.READY, True, ConditionReason.NODE_READY, f"Node {spec.node_name} is Ready")
+    return Wanted(ConditionType.READY, False, ConditionReason.NODE_NOT_READY, f"Node {spec.node_name} is not Ready")
+
+
+def _healthy(
+    spec: ComputeNodeSpec, health: NodeHealth | None, allocated: int, observed: ObservedDevices | None
+) -> Wanted:
+    offered = observed.offered if observed else spec.devices
+    others = observed.held_by_others if observed else 0
+    if allocated > spec.devices:
+        message = f"{allocated} devices allocated of {spec.devices}: replicas placed before a change of spec"
+        return Wanted(ConditionType.HEALTHY, False, ConditionReason.OVERCOMMITTED, message)
+    if observed is not None and offered < spec.devices and health is not None:
+        message = (
+            f"offers {offered} of {spec.devices} devices: Node {spec.node_name} {observed.shortfall}; "
+            "placement uses what is offered"
+        )
+        return Wanted(ConditionType.HEALTHY, False, ConditionReason.FEWER_DEVICES_ADVERTISED, message)
+    if health is not None and allocated + others > offered:
+        message = f"{allocated} devices allocated to replicas and {others} held by other pods, of {offered} offered"
+        return Wanted(ConditionType.HEALTHY, False, ConditionReason.OVERCOMMITTED, message)
+    if spec.unschedulable:
+        message = "cordoned: no new replicas; running ones are moved away"
+        return Wanted(ConditionType.HEALTHY, True, ConditionReason.CORDONED, message)
+    return Wanted(ConditionType.HEALTHY, True, ConditionReason.AS_DECLARED, "devices and placement consistent")
 
 
 def status_patch(before: Any, after: Any) -> dict[str, Any] | None:
