@@ -9,8 +9,8 @@ bottom, the questions an operator of a mixed NVIDIA / Moore Threads / Ascend fle
   are its replicas desired = placed = ready.
 - Tokens per device-second: the cross-vendor comparison a compute centre buys on, measured now and as
   placement has learned it.
-- Devices: accelerators allocated / free / unavailable per vendor and per RoCE domain, ComputeNodes by
-  state, devices the Nodes' device plugins do not advertise.
+- Devices: accelerators allocated / free / unavailable / held by others / not offered per vendor and per
+  RoCE domain, ComputeNodes by state, devices the Nodes do not advertise.
 - Free capacity: generation tokens/s the free devices could still serve, per model size class.
 - Unschedulable workloads: how many, and which.
 - Operator: placement latency, reconcile errors, serving-engine scrape failures, API writes, passes and
@@ -281,9 +281,10 @@ def devices() -> Section:
             stacked(
                 graph(
                     "Devices by vendor and state",
-                    "Accelerators per vendor, stacked by state: allocated (to replicas), free (on Ready, uncordoned "
-                    "nodes), unavailable (on nodes NotReady or cordoned). The top of each vendor's stack is its "
-                    "whole fleet.",
+                    "Accelerators per vendor, stacked by state: allocated (to the operator's replicas), free (on "
+                    "Ready, uncordoned nodes), unavailable (free, on nodes NotReady or cordoned), held_by_others "
+                    "(pods and DRA claims the operator does not manage), not_offered (declared, but the Node "
+                    "advertises fewer or is missing). The top of each vendor's stack is its whole declared fleet.",
                     "short",
                     target(f"sum by (vendor, state) (gpufabric_devices{{{VENDOR}}})", "{{vendor}} {{state}}", "A"),
                 )
@@ -318,10 +319,11 @@ def devices() -> Section:
                 )
             ),
             graph(
-                "Devices not advertised by device plugins",
-                "Devices ComputeNodes declare that their Nodes' device plugins do not advertise (allocatable), per "
-                "vendor and accelerator. Should be 0: above it, pods for those devices stay Pending; check the "
-                "vendor's device plugin on the Nodes (`kubectl get cn` says which).",
+                "Devices not advertised by the Nodes",
+                "Devices ComputeNodes declare that their Nodes do not offer (fewer in allocatable, from the device "
+                "plugin, or in the DRA driver's ResourceSlices), per vendor and accelerator. Should be 0: above it, "
+                "placement has that many devices fewer than declared; check the vendor's device plugin or DRA "
+                "driver on the Nodes (`kubectl get cn` says which).",
                 "short",
                 target(
                     f"sum by (vendor, accelerator) (gpufabric_devices_not_advertised{{{VENDOR}}})",

@@ -10,7 +10,7 @@ the user's own workloads and accelerators — never pods or UIDs. Every metric i
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -19,8 +19,10 @@ from prometheus_client.registry import Collector
 
 from gpufabric.api.agentworkload import AgentWorkload
 from gpufabric.api.reasons import ConditionReason, ConditionType
+from gpufabric.placement.snapshot import NodeState, ObservedDevices, Snapshot
 from gpufabric.reconcile import ClusterState
 from gpufabric.reconcile.actions import ACTION_KINDS
+from gpufabric.reconcile.devices import observed_in
 from gpufabric.reconcile.ledger import fleet_snapshot, replicas_of
 from gpufabric.throughput import TokenView, best_total, free_capacity
 from gpufabric.throughput.exposition import REASONS
@@ -128,24 +130,11 @@ class FleetCollector(Collector):
         yield from (tokens, failures, per_device, learned)
 
     def _inventory(self, state: ClusterState, view: TokenView | None) -> Iterator[GaugeMetricFamily]:
-        snapshot = fleet_snapshot(state.compute_nodes.values(), state.nodes, replicas_of(state.pods))
-        devices = GaugeMetricFamily(
-            "gpufabric_devices",
-            "Accelerators by state: allocated, free, unavailable (on nodes that are not Ready or cordoned), per "
-            "RoCE domain (empty for nodes outside the fabric).",
-            labels=["vendor", "accelerator", "roce_domain", "state"],
-        )
-        counts: Tally[tuple[str, str, str, str]] = Tally()
-        for node in snapshot.nodes.values():
-            vendor, accelerator = node.node_class.vendor.value, node.node_class.accelerator
-            domain = node.domain or ""
-            allocated = node.node_class.devices - node.free
-            counts[(vendor, accelerator, domain, "allocated")] += allocated
-            counts[(vendor, accelerator, domain, "free" if node.schedulable else "unavailable")] += node.free
-        for labels in sorted(counts):
-            devices.add_metric(list(labels), counts[labels])
-        yield devices
-        yield from _compute_nodes(state)
+        # The numbers placement decides with: what each Node offers and what others hold there.
+        observed = observed_in(state)
+        snapshot = fleet_snapshot(state.compute_nodes.values(), state.nodes, replicas_of(state.pods), observed)
+        yield _devices(snapshot)
+        yield from _compute_nodes(state, observed)
 
         replicas = GaugeMetricFamily(
             "gpufabric_replicas",
@@ -197,9 +186,51 @@ class FleetCollector(Collector):
         yield capacity
 
 
-def _compute_nodes(state: ClusterState) -> Iterator[GaugeMetricFamily]:
-    """ComputeNodes by state, and the devices their device plugins do not advertise (counts per accelerator,
-    not per node: an alert says how many, `kubectl get cn` says which)."""
+def _devices(snapshot: Snapshot) -> GaugeMetricFamily:
+    """Each node's declared devices by state (`device_states`), summed per accelerator and RoCE domain."""
+    devices = GaugeMetricFamily(
+        "gpufabric_devices",
+        "Accelerators ComputeNodes declare, by state (per node they sum to spec.devices): allocated (to the "
+        "operator's replicas), free (on Ready, uncordoned nodes), unavailable (free, but on nodes that are not "
+        "Ready or cordoned), held_by_others (pods or DRA claims the operator does not manage), not_offered "
+        "(the Node advertises fewer than declared, or is missing); per RoCE domain (empty outside the fabric).",
+        labels=["vendor", "accelerator", "roce_domain", "state"],
+    )
+    counts: dict[tuple[str, str, str], Tally[str]] = {}
+    for node in snapshot.nodes.values():
+        labels = (node.node_class.vendor.value, node.node_class.accelerator, node.domain or "")
+        counts.setdefault(labels, Tally()).update(device_states(node))
+    for labels, by_state in sorted(counts.items()):
+        # Every state of every accelerator and domain, 0 included: a state's series does not come and go.
+        for state_name in DEVICE_STATES:
+            devices.add_metric([*labels, state_name], by_state[state_name])
+    return devices
+
+
+DEVICE_STATES = ("allocated", "free", "unavailable", "held_by_others", "not_offered")
+
+
+def device_states(node: NodeState) -> dict[str, int]:
+    """A node's declared devices split by state; the counts sum to its spec.devices. Of the declared devices
+    its Node does not offer some (`not_offered`); of those offered, others hold some (at most all offered);
+    what is left is the operator's capacity there, split into its replicas' and the rest. Replicas holding
+    more than that capacity (the spec shrank, or others took devices the ledger still counts as ours) show
+    as all of it allocated: the ComputeNode's Healthy condition says Overcommitted."""
+    declared = node.node_class.devices
+    offered = min(node.offered, declared)
+    held = min(node.held_by_others, offered)
+    free = min(node.free, node.capacity)
+    return {
+        "allocated": node.capacity - free,
+        "free" if node.schedulable else "unavailable": free,
+        "held_by_others": held,
+        "not_offered": declared - offered,
+    }
+
+
+def _compute_nodes(state: ClusterState, observed: Mapping[str, ObservedDevices]) -> Iterator[GaugeMetricFamily]:
+    """ComputeNodes by state, and the devices their Nodes do not offer (counts per accelerator, not per node:
+    an alert says how many, `kubectl get cn` says which)."""
     nodes = GaugeMetricFamily(
         "gpufabric_compute_nodes",
         "ComputeNodes by state: ready, not_ready (its Node is NotReady or missing), cordoned (spec.unschedulable).",
@@ -207,7 +238,9 @@ def _compute_nodes(state: ClusterState) -> Iterator[GaugeMetricFamily]:
     )
     missing = GaugeMetricFamily(
         "gpufabric_devices_not_advertised",
-        "Devices ComputeNodes declare that their Nodes' device plugins do not advertise (allocatable).",
+        "Devices ComputeNodes declare that their Nodes do not offer: fewer in status.allocatable (device "
+        "plugins) or in the DRA driver's ResourceSlices. A missing Node counts under gpufabric_compute_nodes "
+        "instead.",
         labels=["vendor", "accelerator"],
     )
     by_state: Tally[tuple[str, str, str]] = Tally()
@@ -219,8 +252,9 @@ def _compute_nodes(state: ClusterState) -> Iterator[GaugeMetricFamily]:
         ready = health is not None and health.ready
         node_state = "cordoned" if spec.unschedulable and ready else ("ready" if ready else "not_ready")
         by_state[(vendor, accelerator, node_state)] += 1
-        advertised = health.allocatable.get(spec.device_resource_name) if health else None
-        shortfall[(vendor, accelerator)] += max(0, spec.devices - advertised) if advertised is not None else 0
+        seen = observed.get(compute_node.name)
+        offered = min(seen.offered, spec.devices) if seen is not None else spec.devices
+        shortfall[(vendor, accelerator)] += spec.devices - offered if health is not None else 0
     for labels in sorted(by_state):
         nodes.add_metric(list(labels), by_state[labels])
     for pair in sorted(shortfall):

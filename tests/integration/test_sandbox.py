@@ -21,7 +21,7 @@ from gpufabric.manifests import load
 from gpufabric.sandbox.run import SandboxError, SandboxOptions, read_inputs, run_sandbox
 from gpufabric.sandbox.scenario import DEFAULT_SCENARIO
 from gpufabric.sandbox.snapshot import Summary
-from gpufabric.sandbox.view import Display
+from gpufabric.sandbox.view import Display, summary_text
 
 ROOT = Path(__file__).resolve().parents[2]
 FLEET = [ROOT / "examples" / "fleet"]
@@ -95,6 +95,40 @@ def test_the_surge_is_met_by_scaling_up(default_run: tuple[Summary, str]) -> Non
     assert all(s.workload == "agents/support-agent" for s in summary.scalings), "only support-agent has a target"
 
 
+def test_replicas_are_placed_around_the_foreign_job(default_run: tuple[Summary, str]) -> None:
+    """Another team's job takes gpu-a-h100-03 whole from 20 s to 55 s: the operator counts its 8 GPUs as held by
+    others, and the 405B replica that leaves the failed node goes to other H100 nodes."""
+    summary, shown = default_run
+    (job,) = summary.foreign_jobs
+    assert (job.pod, job.node, job.devices, job.resource) == (
+        "batch/nightly-training",
+        "gpu-a-h100-03",
+        8,
+        "nvidia.com/gpu",
+    )
+    assert job.rejected is None, job.rejected
+    assert job.started_at == pytest.approx(20, abs=2)
+    assert job.ended_at == pytest.approx(55, abs=2)
+    assert job.held_seen == 8
+    assert job.placed >= 1, "the failed node's replica moved while the job ran"
+    assert job.placed_on_node == 0
+    placed = re.findall(
+        r"^\[\s*([\d.,]+)s\] operator  Placed agents/frontier-405b: .*\((gpu-a-h100-\d+), (gpu-a-h100-\d+)\)",
+        shown,
+        flags=re.MULTILINE,
+    )
+    assert job.ended_at is not None
+    meanwhile = [nodes for at, *nodes in placed if job.started_at < float(at.replace(",", "")) < job.ended_at]
+    assert meanwhile, f"the 405B replica was not placed again while the job ran: {placed}"
+    assert all("gpu-a-h100-03" not in nodes for nodes in meanwhile), meanwhile
+    assert "scenario  foreign job batch/nightly-training starts on gpu-a-h100-03" in shown
+    assert "scenario  foreign job batch/nightly-training finished (Succeeded)" in shown
+    assert ", 8 devices held by others" in shown
+    report = summary_text(summary)
+    assert "  batch/nightly-training on gpu-a-h100-03 from " in report
+    assert "held 8 nvidia.com/gpu; the operator counted 8 held by others there and placed " in report
+
+
 def test_the_scenario_and_the_operator_are_both_in_the_log(default_run: tuple[Summary, str]) -> None:
     _, shown = default_run
     assert "scenario  node gpu-a-h100-01 failed" in shown
@@ -159,10 +193,10 @@ def test_missing_examples_name_the_directory(tmp_path: Path) -> None:
 
 def test_a_shorter_duration_leaves_later_events_out_and_says_so() -> None:
     inputs = read_inputs(options(duration=30.0))
-    assert [e.action_key for e in inputs.scenario.events] == ["surge", "failNode"]
+    assert [e.action_key for e in inputs.scenario.events] == ["surge", "startForeignJob", "failNode"]
     assert inputs.notices == (
-        "--duration 30: 3 of the scenario's events come later and are left out "
-        "(addNodes at 35s, recoverNode at 45s, scale at 50s)",
+        "--duration 30: 4 of the scenario's events come later and are left out "
+        "(addNodes at 35s, recoverNode at 45s, scale at 50s, endForeignJob at 55s)",
     )
 
 

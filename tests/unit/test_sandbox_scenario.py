@@ -16,12 +16,14 @@ from gpufabric.sandbox.scenario import (
     DEFAULT_SCENARIO,
     AddNodes,
     Apply,
+    EndForeignJob,
     Event,
     FailNode,
     RecoverNode,
     Scale,
     Scenario,
     ScenarioError,
+    StartForeignJob,
     Surge,
     check_references,
     load_scenario,
@@ -66,13 +68,29 @@ def test_the_default_scenario_runs_against_the_examples() -> None:
 
 def test_the_default_scenario_surges_fails_adds_recovers_and_scales_in_that_order() -> None:
     scenario = load_scenario(DEFAULT_SCENARIO)
-    assert [type(event.action) for event in scenario.events] == [Surge, FailNode, AddNodes, RecoverNode, Scale]
-    surge, fail, add, recover, scale = (event.action for event in scenario.events)
+    assert [type(event.action) for event in scenario.events] == [
+        Surge,
+        StartForeignJob,
+        FailNode,
+        AddNodes,
+        RecoverNode,
+        Scale,
+        EndForeignJob,
+    ]
+    surge, job, fail, add, recover, scale, job_end = (event.action for event in scenario.events)
     assert isinstance(surge, Surge)
+    assert isinstance(job, StartForeignJob)
     assert isinstance(fail, FailNode)
     assert isinstance(add, AddNodes)
     assert isinstance(recover, RecoverNode)
     assert isinstance(scale, Scale)
+    assert isinstance(job_end, EndForeignJob)
+    # Someone else's job holds an H100 node while the failed node's replica has to move, and ends before the
+    # 60 s a short run lasts, so both are seen.
+    assert job_end.name == job.name
+    assert job.node != fail.node
+    assert scenario.events[1].at < scenario.events[2].at
+    assert scenario.events[-1].at < 60
     # The only example workload the autoscaler acts on, surged long enough for it to react before the end.
     assert surge.workload == "agents/support-agent"
     assert surge.factor > 1
@@ -84,7 +102,10 @@ def test_the_default_scenario_surges_fails_adds_recovers_and_scales_in_that_orde
 def test_the_default_scenario_shows_every_key_a_scenario_accepts() -> None:
     """It is the reference users read: a key added to the models must be described there too."""
     text = DEFAULT_SCENARIO.read_text()
-    models: list[type[BaseModel]] = [Scenario, Event, Surge, FailNode, RecoverNode, AddNodes, Scale, Apply]
+    models: list[type[BaseModel]] = [
+        *(Scenario, Event, Surge, FailNode, RecoverNode, AddNodes, Scale, Apply),
+        *(StartForeignJob, EndForeignJob),
+    ]
     keys = {field.alias or name for model in models for name, field in model.model_fields.items()}
     assert {key for key in keys if not re.search(rf"\b{key}:", text)} == set()
 
@@ -186,7 +207,8 @@ REFUSED = {
     ),
     "an event with no action": (
         EVENT + "}\n",
-        "events[0]: needs an action: one of surge, failNode, recoverNode, addNodes, scale, apply",
+        "events[0]: needs an action: one of surge, failNode, recoverNode, addNodes, scale, apply, startForeignJob, "
+        "endForeignJob",
     ),
     "an event with two actions": (
         EVENT + "failNode: {node: a}, scale: {workload: a/b, replicas: 1}}\n",
@@ -243,6 +265,19 @@ REFUSED = {
         "ending with a letter or digit (got 'GPU_1')",
     ),
     "an empty file name": (EVENT + "apply: {file: ''}}\n", "events[0].apply.file: must not be empty"),
+    "a foreign job without a node": (
+        EVENT + "startForeignJob: {name: training}}\n",
+        "events[0].startForeignJob.node: Required value",
+    ),
+    "a foreign job's name Kubernetes refuses": (
+        EVENT + "startForeignJob: {name: Nightly_Training, node: a}}\n",
+        "events[0].startForeignJob.name: must be a DNS subdomain: lowercase letters, digits, '-' and '.', starting "
+        "and ending with a letter or digit (got 'Nightly_Training')",
+    ),
+    "a foreign job's end names the job, not its node": (
+        EVENT + "endForeignJob: {name: training, node: a}}\n",
+        "events[0].endForeignJob.node: unknown field",
+    ),
     "events not a list": ("duration: 9\nevents: {at: 1}\n", "events: must be a list (got {'at': 1})"),
     "an event not a mapping": ("duration: 9\nevents: [10]\n", "events[0]: must be a mapping (got 10)"),
     "a key given twice": (
@@ -324,6 +359,45 @@ UNRESOLVED = {
         + "  - {at: 20, failNode: {node: gpu-a-h100-01-new-2}}\n",
         "events[1].failNode.node: gpu-a-h100-01-new-2 does not exist yet: it is added later, at 30 s (events[0])",
     ),
+    "a foreign job on an unknown node, with the name meant": (
+        HEAD + "  - {at: 10, startForeignJob: {name: training, node: gpu-a-h100-2}}\n",
+        "events[0].startForeignJob.node: no ComputeNode gpu-a-h100-2; did you mean gpu-a-h100-02?",
+    ),
+    "a foreign job on a node added later": (
+        HEAD
+        + "  - {at: 30, addNodes: {like: gpu-a-h100-01, count: 1}}\n"
+        + "  - {at: 20, startForeignJob: {name: training, node: gpu-a-h100-01-new-1}}\n",
+        "events[1].startForeignJob.node: gpu-a-h100-01-new-1 does not exist yet: it is added later, at 30 s "
+        "(events[0])",
+    ),
+    "a foreign job that ends before it starts, whatever the order in the file": (
+        HEAD
+        + "  - {at: 20, startForeignJob: {name: training, node: gpu-a-h100-01}}\n"
+        + "  - {at: 10, endForeignJob: {name: training}}\n",
+        "events[1].endForeignJob.name: no foreign job training runs before this event: endForeignJob needs an "
+        "earlier startForeignJob of it",
+    ),
+    "a foreign job started twice while it runs": (
+        HEAD
+        + "  - {at: 10, startForeignJob: {name: training, node: gpu-a-h100-01}}\n"
+        + "  - {at: 20, startForeignJob: {name: training, node: gpu-a-h100-02}}\n",
+        "events[1].startForeignJob.name: foreign job training runs already, since 10 s (events[0])",
+    ),
+    "a foreign job's name used again": (
+        HEAD
+        + "  - {at: 10, startForeignJob: {name: training, node: gpu-a-h100-01}}\n"
+        + "  - {at: 20, endForeignJob: {name: training}}\n"
+        + "  - {at: 30, startForeignJob: {name: training, node: gpu-a-h100-02}}\n",
+        "events[2].startForeignJob.name: foreign job training ran already, from 10 s (events[0]): give each job its "
+        "own name",
+    ),
+    "a foreign job ended twice": (
+        HEAD
+        + "  - {at: 10, startForeignJob: {name: training, node: gpu-a-h100-01}}\n"
+        + "  - {at: 20, endForeignJob: {name: training}}\n"
+        + "  - {at: 30, endForeignJob: {name: training}}\n",
+        "events[2].endForeignJob.name: foreign job training has ended already, at 20 s (events[1])",
+    ),
     "an event at the end": (
         HEAD + "  - {at: 90, scale: {workload: agents/code-agent, replicas: 1}}\n",
         "events[0].at: must be before the end of the run, duration 90 s (got 90)",
@@ -353,9 +427,15 @@ events:
   - {at: 40, failNode: {node: npu-b-910b-01-new-2}}
   - {at: 50, addNodes: {like: npu-b-910b-01-new-1, count: 1}}
   - {at: 60, apply: {file: more.yaml}}
+  - {at: 61, startForeignJob: {name: training, node: npu-b-910b-01-new-1}}
+  - {at: 62, endForeignJob: {name: training}}
+  - {at: 63, startForeignJob: {name: inference-eval, node: gpu-a-h100-01}}
 """
     scenario = load_scenario(write(tmp_path, text))
     assert check_references(scenario, nodes=NODES, workloads=WORKLOADS, where="s") == []
+    start, end = (event.action for event in scenario.events[-3:-1])
+    assert start == StartForeignJob(name="training", node="npu-b-910b-01-new-1")
+    assert end == EndForeignJob(name="training")
 
 
 def test_new_nodes_may_not_take_an_existing_name(tmp_path: Path) -> None:

@@ -12,7 +12,16 @@ import pytest
 from rich.console import Console, RenderableType
 from rich.segment import Segment
 
-from gpufabric.sandbox.snapshot import LogLine, NodeRow, Recovery, Scaling, Snapshot, Summary, WorkloadRow
+from gpufabric.sandbox.snapshot import (
+    ForeignJobReport,
+    LogLine,
+    NodeRow,
+    Recovery,
+    Scaling,
+    Snapshot,
+    Summary,
+    WorkloadRow,
+)
 from gpufabric.sandbox.view import SIMULATION_BANNER, Display, live_renderable, plain_lines, summary_text
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -156,6 +165,30 @@ def test_a_bar_of_a_big_node_is_scaled_and_never_looks_full_while_a_device_is_fr
     assert "gpu-c-big-01 ■■■■■■■□ 15/16" in out
 
 
+def test_devices_others_hold_have_a_glyph_of_their_own() -> None:
+    nodes = (
+        NodeRow("gpu-a-h100-04", "nvidia", "H100-SXM5-80GB", "a", 8, 0, True, others=8),
+        NodeRow("gpu-a-h100-05", "nvidia", "H100-SXM5-80GB", "a", 8, 2, True, others=3),
+        NodeRow("gpu-c-big-01", "mthreads", "MTT-S4000", "c", 16, 12, True, others=1),
+        NodeRow("gpu-c-big-02", "mthreads", "MTT-S4000", "c", 16, 0, True),
+    )
+    snapshot = Snapshot(1.0, 75.0, nodes, (), ())
+    out = render(live_renderable(snapshot), 160)
+    assert "gpu-a-h100-04 ▨▨▨▨▨▨▨▨   8/8" in out
+    assert "gpu-a-h100-05 ■■▨▨▨□□□   5/8" in out
+    # Scaled: 13 of 16 in use is 6 of 8 cells (never full while any is free), one of them others'.
+    assert "gpu-c-big-01  ■■■■■▨□□ 13/16" in out
+    assert "gpu-c-big-02  □□□□□□□□  0/16" in out
+    assert "26/48 devices used (12 ▨ by others)" in out
+    rendered = segments(live_renderable(snapshot), 160)
+    theirs = [segment for segment in rendered if segment.text and set(segment.text) == {"▨"}]
+    assert theirs
+    assert all(segment.style is not None and segment.style.color is not None for segment in theirs)
+    assert {segment.style.color.name for segment in theirs if segment.style and segment.style.color} == {"magenta"}
+    (status,) = plain_lines(snapshot)
+    assert status.endswith(", 12 devices held by others")
+
+
 def test_below_target_throughput_is_red_and_at_target_is_not() -> None:
     rendered = segments(live_renderable(SNAPSHOT), 160)
     (below,) = [s for s in rendered if "4,100/8,000" in s.text]
@@ -262,8 +295,29 @@ def test_the_summary_reports_recoveries_scalings_and_vendors() -> None:
     ]
 
 
+def test_the_summary_says_what_foreign_jobs_held_and_how_the_operator_placed_around_them() -> None:
+    ran = ForeignJobReport("batch/nightly-training", "gpu-a-h100-03", 8, "nvidia.com/gpu", 20.5, 55.0, None, 8, 3, 0)
+    still = ForeignJobReport("batch/eval", "gpu-a-h100-04", 8, "nvidia.com/gpu", 30.0, None, None, 8, 0, 0)
+    rejected = ForeignJobReport(
+        "batch/late", "gpu-a-h100-01", 8, "nvidia.com/gpu", 40.0, None, "OutOfnvidia.com/gpu: Pod was rejected", 0, 0, 0
+    )
+    on_node = ForeignJobReport("batch/small", "gpu-a-h100-05", 8, "nvidia.com/gpu", 10.0, 20.0, None, 8, 2, 1)
+    lines = summary_text(Summary(60.0, {}, {}, (), (), (), foreign_jobs=(ran, still, rejected, on_node))).splitlines()
+    start = lines.index("FOREIGN JOBS (pods the operator does not manage)")
+    assert lines[start + 1 : start + 5] == [
+        "  batch/nightly-training on gpu-a-h100-03 from 20.5s to 55.0s: held 8 nvidia.com/gpu; the operator counted 8 "
+        "held by others there and placed 3 replicas meanwhile, none on gpu-a-h100-03",
+        "  batch/eval on gpu-a-h100-04 from 30.0s to the end: held 8 nvidia.com/gpu; the operator counted 8 held by "
+        "others there and placed no replica meanwhile",
+        "  batch/late on gpu-a-h100-01 at 40.0s: rejected by the kubelet (OutOfnvidia.com/gpu: Pod was rejected)",
+        "  batch/small on gpu-a-h100-05 from 10.0s to 20.0s: held 8 nvidia.com/gpu; the operator counted 8 held by "
+        "others there and placed 2 replicas meanwhile, 1 on gpu-a-h100-05",
+    ]
+
+
 def test_an_uneventful_summary_says_so() -> None:
     text = summary_text(Summary(60.0, {}, {}, (), (), ()))
+    assert "no foreign job ran" in text
     assert "no replica lost" in text
     assert "no scaling" in text
     assert "every workload was fully placed" in text

@@ -35,7 +35,7 @@ from urllib.parse import urlencode
 import aiohttp
 import kopf
 
-from gpufabric.api import labels
+from gpufabric.reconcile.devices import OTHERS_FIELD_SELECTOR, OTHERS_LABEL_SELECTOR, VENDOR_RESOURCES
 from gpufabric.reconcile.observe import foreign_pod, resource_claim, resource_slice
 from gpufabric.reconcile.state import (
     DraInventory,
@@ -44,16 +44,12 @@ from gpufabric.reconcile.state import (
     ResourceSliceRecord,
     foreign_requests,
 )
-from gpufabric.vendors import VENDORS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Bound, not finished, not ours (the API server evaluates both selectors; pods support these fields).
-OTHERS_PODS = {
-    "fieldSelector": "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed",
-    "labelSelector": f"{labels.MANAGED_BY}!={labels.MANAGER}",
-}
+OTHERS_PODS = {"fieldSelector": OTHERS_FIELD_SELECTOR, "labelSelector": OTHERS_LABEL_SELECTOR}
 DRA_API = "/apis/resource.k8s.io/v1"
 PAGE_SIZE = 500
 # A watch is ended by the server after this long and resumed from its last resourceVersion (client-go picks
@@ -63,7 +59,7 @@ RETRY_FIRST, RETRY_MAX = 1.0, 30.0
 FORBIDDEN_RETRY = 60.0  # a missing grant may be added: look again now and then
 NOT_SERVED_RETRY = 300.0
 _RESOURCE_VERSION = re.compile(rb'"resourceVersion": ?"(\d+)"')
-DEFAULT_RESOURCES = frozenset(facts.resource_name for facts in VENDORS.values())
+DEFAULT_RESOURCES = VENDOR_RESOURCES
 
 Login = Callable[..., Any]  # kopf's login handler: returns (or awaits to) a kopf.ConnectionInfo
 

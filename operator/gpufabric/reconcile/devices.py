@@ -23,6 +23,7 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from gpufabric.api import labels
 from gpufabric.api.computenode import ComputeNode, DeviceSource
 from gpufabric.placement.snapshot import ObservedDevices
 from gpufabric.reconcile.state import (
@@ -32,9 +33,19 @@ from gpufabric.reconcile.state import (
     ResourceClaimRecord,
     ResourceSliceRecord,
 )
+from gpufabric.vendors import VENDORS
 
 # (driver, pool, device): a DRA device's identity.
 DeviceId = tuple[str, str, str]
+
+# The pods of others that can hold devices, as the API server selects them (field and label selectors: both
+# the operator's watch and `gpufabric capacity --kubeconfig` list them so): bound, not finished, not the
+# operator's.
+OTHERS_FIELD_SELECTOR = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
+OTHERS_LABEL_SELECTOR = f"{labels.MANAGED_BY}!={labels.MANAGER}"
+# The accelerator resources looked for in others' pods: every vendor's device plugin resource (ComputeNodes
+# with a resourceName of their own add theirs).
+VENDOR_RESOURCES = frozenset(facts.resource_name for facts in VENDORS.values())
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
 """Where the sandbox's Kubernetes runs: the in-process emulator (default), or a real control plane.
 
 `Cluster` is what the sandbox's orchestrator needs of either: read and write objects, register a Node for a
-ComputeNode, fail it, bring it back. `EmulatedCluster` is kmock's emulator extended (`emulator/`) with the
-simulated kubelets (`kubelet`); `RealCluster` is kube-apiserver, kube-scheduler and kube-controller-manager
-(`controlplane`: etcd and the binaries found as the e2e suite finds them) with the stand-in kubelets
-(`standin_kubelet`), reached through the official client. Objects are plain dicts either way.
+ComputeNode, fail it, bring it back, and end a pod as a finished job's. `EmulatedCluster` is kmock's emulator
+extended (`emulator/`) with the simulated kubelets (`kubelet`); `RealCluster` is kube-apiserver, kube-scheduler
+and kube-controller-manager (`controlplane`: etcd and the binaries found as the e2e suite finds them) with the
+stand-in kubelets (`standin_kubelet`), reached through the official client. Objects are plain dicts either way.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ class Cluster(Protocol):
     async def add_node(self, compute_node: ComputeNode) -> None: ...
     async def fail_node(self, name: str) -> None: ...
     async def recover_node(self, name: str) -> None: ...
+    async def finish_pod(self, name: str, namespace: str) -> None: ...
 
 
 def kubeconfig_text(server: str, *, token: str = "sandbox", ca_file: Path | None = None) -> str:
@@ -132,6 +133,9 @@ class EmulatedCluster:
 
     async def recover_node(self, name: str) -> None:
         await self.kubelet.set_ready(name, True)
+
+    async def finish_pod(self, name: str, namespace: str) -> None:
+        await self.kubelet.finish_pod(name, namespace)
 
 
 @contextlib.asynccontextmanager
@@ -225,6 +229,16 @@ class RealCluster:
 
     async def recover_node(self, name: str) -> None:
         await asyncio.to_thread(self.kubelet.recover, name)
+
+    async def finish_pod(self, name: str, namespace: str) -> None:
+        """Its containers exit 0, as the kubelet reports a finished Job's pod (the stand-in kubelet leaves a
+        pod that is not Pending alone)."""
+        finished = {
+            "phase": "Succeeded",
+            "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}],
+        }
+        core = kubernetes.client.CoreV1Api(self._client)
+        await asyncio.to_thread(core.patch_namespaced_pod_status, name, namespace, {"status": finished})
 
     def close(self) -> None:
         self._client.close()  # type: ignore[no-untyped-call]

@@ -13,15 +13,21 @@ what kube-scheduler and the kubelets would, in the simplest form that still exer
   counted against the node's `status.allocatable`, less what admitted (Running) pods there hold. A pod
   placed through the scheduler (hostname selector or affinity) that does not fit stays `Pending` with
   `PodScheduled=False, reason Unschedulable` and is retried every pass, as kube-scheduler does; a pod the
-  operator bound itself (`spec.nodeName` at creation) is rejected by kubelet admission:
-  `phase: Failed, reason OutOf<resource>`.
+  operator bound itself (`spec.nodeName` at creation) is rejected by kubelet admission as the real
+  kubelet's predicate admission words it (kubernetes pkg/kubelet/lifecycle/predicate.go): `phase: Failed,
+  reason OutOf<resource>, message "Pod was rejected: Node didn't have enough resource: ..."`. Whose pod
+  it is does not matter: the operator's and anyone else's (a pod not labelled as the operator's, bound
+  with `spec.nodeName`) are admitted, run and counted alike.
+* `finish_pod` ends a running pod as a finished Job's: its containers exit 0, `phase: Succeeded`, and
+  what it requested is free again.
 * A terminating pod (deletionTimestamp set) on a Ready node is removed `terminate_after` seconds later by
   a force delete (grace 0), as the kubelet confirms termination; on a NotReady or missing node it stays
   Terminating, as it does in a cluster until someone force-deletes it.
 * Pods whose node is missing or NotReady make no progress at all.
 
 Not simulated: CPU/memory/pod-count fit, taints and tolerations, other affinity kinds, node lifecycle
-taints and evictions, pod GC of orphans, restarts, probes, init containers, container exit.
+taints and evictions, pod GC of orphans, restarts, probes, init containers, containers exiting on their own
+(only `finish_pod`).
 
 Reads are in-process (`FabricEmulator.live_objects`: instant, and no noise in the request log); writes go
 over HTTP with `X-Harness: 1`, so they take the same code paths as any client's, are never hit by
@@ -247,6 +253,34 @@ class SimulatedKubelet:
         )
         result["lastHeartbeatTime"] = result["lastTransitionTime"]
         return result
+
+    # ---- pods ----------------------------------------------------------------------------------------------
+
+    async def finish_pod(self, name: str, namespace: str) -> JsonDict:
+        """The pod's containers exit 0 (a Job's pod, restartPolicy Never): `phase: Succeeded`, not Ready, each
+        container terminated `Completed`. What it requested no longer counts against its node."""
+        pod = self.emulator.get_object(PODS, name, namespace)
+        if pod is None:
+            raise LookupError(f"no pod {namespace}/{name}")
+        finished_at = now_rfc3339()
+        started_at = (pod.get("status") or {}).get("startTime") or finished_at
+        kept = [
+            c
+            for c in (pod.get("status") or {}).get("conditions") or []
+            if c.get("type") not in ("Ready", "ContainersReady")
+        ]
+        terminated = {"exitCode": 0, "reason": "Completed", "startedAt": started_at, "finishedAt": finished_at}
+        statuses = [
+            {**container, "ready": False, "started": False, "state": {"terminated": terminated}}
+            for container in self._container_statuses(pod, ready=False, started_at=started_at)
+        ]
+        status = {
+            "phase": "Succeeded",
+            "conditions": [*kept, condition("ContainersReady", False), condition("Ready", False)],
+            "containerStatuses": statuses,
+        }
+        self._started.pop(_meta(pod)["uid"], None)
+        return await self.emulator.h_patch(PODS, name, {"status": status}, namespace=namespace, subresource="status")
 
     # ---- one pass ----------------------------------------------------------------------------------------
 

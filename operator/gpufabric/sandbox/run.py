@@ -51,7 +51,16 @@ from gpufabric.sandbox.emulator import JsonDict
 from gpufabric.sandbox.engines import Counters, Endpoint, EngineFarm
 from gpufabric.sandbox.kubelet import node_ready
 from gpufabric.sandbox.operator_thread import OperatorThread
-from gpufabric.sandbox.snapshot import LogLine, NodeRow, Recovery, Scaling, Snapshot, Summary, WorkloadRow
+from gpufabric.sandbox.snapshot import (
+    ForeignJobReport,
+    LogLine,
+    NodeRow,
+    Recovery,
+    Scaling,
+    Snapshot,
+    Summary,
+    WorkloadRow,
+)
 from gpufabric.sandbox.traffic import DEFAULT_UTILISATION, Hardware, Surge, demand_at, serve
 from gpufabric.sandbox.view import Display
 from gpufabric.vendors import Precision
@@ -187,10 +196,71 @@ class Replica:
 
 
 @dataclass
+class ForeignJob:
+    """A job the scenario started for someone else, and what the run saw while it ran."""
+
+    name: str  # its pod's, in scenario.FOREIGN_NAMESPACE
+    node: str  # the ComputeNode
+    resource: str
+    devices: int
+    started_at: float
+    ours_before: frozenset[str]  # the operator's replicas (rank-0 pod uids) when it started
+    ended_at: float | None = None
+    rejected: str | None = None  # the kubelet's reason and message, when admission refused the pod
+    held_seen: int = 0
+    placed: dict[str, tuple[str, ...]] = field(default_factory=dict)  # replicas placed meanwhile: uid -> nodes
+
+    @property
+    def pod(self) -> str:
+        return f"{scenarios.FOREIGN_NAMESPACE}/{self.name}"
+
+    @property
+    def watched(self) -> bool:
+        """Still holding its node: started, neither ended nor refused."""
+        return self.ended_at is None and self.rejected is None
+
+    def report(self) -> ForeignJobReport:
+        return ForeignJobReport(
+            pod=self.pod,
+            node=self.node,
+            devices=self.devices,
+            resource=self.resource,
+            started_at=self.started_at,
+            ended_at=self.ended_at,
+            rejected=self.rejected,
+            held_seen=self.held_seen,
+            placed=len(self.placed),
+            placed_on_node=sum(1 for nodes in self.placed.values() if self.node in nodes),
+        )
+
+
+def foreign_job_pod(name: str, node_name: str, resource: str, devices: int) -> JsonDict:
+    """Another team's training pod: not labelled as the operator's, bound to the Node directly (as kube-scheduler
+    binds, or as a person pins it), asking for `devices` of `resource` (requests equal to limits, as extended
+    resources must be)."""
+    container = {
+        "name": "train",
+        "image": "registry.example/batch/trainer:latest",
+        "resources": {"limits": {resource: str(devices)}, "requests": {resource: str(devices)}},
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": scenarios.FOREIGN_NAMESPACE,
+            "labels": {"app.kubernetes.io/name": "trainer", "batch.kubernetes.io/job-name": name},
+        },
+        "spec": {"nodeName": node_name, "restartPolicy": "Never", "containers": [container]},
+    }
+
+
+@dataclass
 class Books:
     """What the run noted for the summary."""
 
     recoveries: list[Replica] = field(default_factory=list)
+    foreign_jobs: dict[str, ForeignJob] = field(default_factory=dict)
     scalings: list[Scaling] = field(default_factory=list)
     log: list[LogLine] = field(default_factory=list)
     seen_events: set[str] = field(default_factory=set)
@@ -208,6 +278,18 @@ class World:
 
     def workload_map(self) -> dict[str, JsonDict]:
         return {f"{w['metadata']['namespace']}/{w['metadata']['name']}": w for w in self.workloads}
+
+    def our_replicas(self) -> dict[str, tuple[str, ...]]:
+        """The operator's replicas, by their rank-0 pod's uid: the ComputeNodes each holds (terminating ones left
+        out)."""
+        found = {}
+        for pod in self.pods:
+            meta = pod["metadata"]
+            pod_labels = meta.get("labels") or {}
+            if _managed(pod) and pod_labels.get(labels.RANK) == "0" and not meta.get("deletionTimestamp"):
+                nodes = str((meta.get("annotations") or {}).get(labels.REPLICA_NODES, ""))
+                found[meta["uid"]] = tuple(n for n in nodes.split(",") if n)
+        return found
 
     def ready_replicas(self) -> list[tuple[str, int, tuple[str, ...]]]:
         """(workload, replica, its nodes) of every replica whose rank-0 pod is Ready."""
@@ -322,6 +404,7 @@ class Sandbox:
             await self._sync_engines(world)
             self._note_operator_events(world)
             self._note_recoveries(world)
+            self._note_foreign_jobs(world)
             self.display.show(self.snapshot(world))
             await asyncio.sleep(TICK_SECONDS)
 
@@ -329,6 +412,8 @@ class Sandbox:
 
     async def _create_objects(self) -> None:
         namespaces = {OPERATOR_NAMESPACE} | {w.namespace for w in self._all_workloads()}
+        if any(isinstance(event.action, scenarios.StartForeignJob) for event in self.inputs.scenario.events):
+            namespaces.add(scenarios.FOREIGN_NAMESPACE)
         for namespace in sorted(namespaces):
             with contextlib.suppress(ConflictError):  # a real API server has `default` already
                 body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
@@ -380,23 +465,32 @@ class Sandbox:
             namespace, name = action.workload.split("/", 1)
             await cluster.patch(AGENT_WORKLOADS, name, {"spec": {"replicas": action.replicas}}, namespace=namespace)
             self.log_line(f"kubectl scale {action.workload} --replicas={action.replicas}", "scenario")
+        elif isinstance(action, scenarios.StartForeignJob):
+            await self._start_foreign_job(action)
+        elif isinstance(action, scenarios.EndForeignJob):
+            await self._end_foreign_job(action.name)
         elif isinstance(action, scenarios.Apply):
-            applied = self.inputs.applied[index]
-            for node in applied.nodes:
-                if await cluster.get(COMPUTE_NODES, node.name) is None:
-                    await self._add_node(node)
-                else:  # as kubectl apply: the spec of one that exists is updated
-                    spec = node.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-                    await cluster.patch(COMPUTE_NODES, node.name, {"spec": spec})
-            for workload in applied.workloads:
-                if await cluster.get(AGENT_WORKLOADS, workload.name, workload.namespace) is None:
-                    await self._add_workload(workload)
-                else:
-                    spec = workload.spec.model_dump(mode="json", by_alias=True, exclude_unset=True)
-                    await cluster.patch(AGENT_WORKLOADS, workload.name, {"spec": spec}, namespace=workload.namespace)
-            self.log_line(
-                f"applied {action.file}: {len(applied.nodes)} nodes, {len(applied.workloads)} workloads", "scenario"
-            )
+            await self._apply(index, action)
+
+    async def _apply(self, index: int, action: scenarios.Apply) -> None:
+        """As kubectl apply: objects that do not exist are created, the spec of those that do is updated."""
+        cluster = self.cluster
+        applied = self.inputs.applied[index]
+        for node in applied.nodes:
+            if await cluster.get(COMPUTE_NODES, node.name) is None:
+                await self._add_node(node)
+            else:
+                spec = node.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+                await cluster.patch(COMPUTE_NODES, node.name, {"spec": spec})
+        for workload in applied.workloads:
+            if await cluster.get(AGENT_WORKLOADS, workload.name, workload.namespace) is None:
+                await self._add_workload(workload)
+            else:
+                spec = workload.spec.model_dump(mode="json", by_alias=True, exclude_unset=True)
+                await cluster.patch(AGENT_WORKLOADS, workload.name, {"spec": spec}, namespace=workload.namespace)
+        self.log_line(
+            f"applied {action.file}: {len(applied.nodes)} nodes, {len(applied.workloads)} workloads", "scenario"
+        )
 
     async def _fail_node(self, name: str) -> None:
         """The machine stops: its Node goes NotReady, its engines stop answering, and the replicas with a pod
@@ -407,7 +501,8 @@ class Sandbox:
         await self.cluster.fail_node(name)
         lost: set[tuple[str, int]] = set()
         for pod in world.pods:
-            if (pod.get("spec") or {}).get("nodeName") == name and not pod["metadata"].get("deletionTimestamp"):
+            on_node = (pod.get("spec") or {}).get("nodeName") == name
+            if on_node and _managed(pod) and not pod["metadata"].get("deletionTimestamp"):
                 lost.add(_replica_of(pod))
         ready = Counter(workload for workload, _, _ in world.ready_replicas())
         for workload, replica in sorted(lost):
@@ -424,6 +519,35 @@ class Sandbox:
             node = ComputeNode.model_validate({"metadata": {"name": name}, "spec": spec})
             await self._add_node(node)
         self.log_line(f"{count} new nodes like {like} joined", "scenario")
+
+    async def _start_foreign_job(self, action: scenarios.StartForeignJob) -> None:
+        """Someone else's pod, bound to the node's Node, asking for every device the node declares."""
+        template = await self.cluster.get(COMPUTE_NODES, action.node)
+        assert template is not None, f"{action.node}: checked before the start"
+        spec = ComputeNode.model_validate({"metadata": {"name": action.node}, "spec": template["spec"]}).spec
+        resource, devices = spec.device_resource_name, spec.devices
+        world = await self._observe()  # before: the replicas placed from now on are placed around it
+        body = foreign_job_pod(action.name, spec.node_name, resource, devices)
+        await self.cluster.create(PODS_KIND, body, namespace=scenarios.FOREIGN_NAMESPACE)
+        job = ForeignJob(action.name, action.node, resource, devices, self.elapsed, frozenset(world.our_replicas()))
+        self.books.foreign_jobs[action.name] = job
+        self.log_line(
+            f"foreign job {job.pod} starts on {action.node}, asking for all {devices} {resource} (not the operator's)",
+            "scenario",
+        )
+
+    async def _end_foreign_job(self, name: str) -> None:
+        job = self.books.foreign_jobs[name]  # check_references: started before it ends
+        was_rejected = job.rejected is not None
+        job.ended_at = self.elapsed
+        if was_rejected:
+            self.log_line(f"foreign job {job.pod} ends (it never ran: the kubelet rejected it)", "scenario")
+            return
+        await self.cluster.finish_pod(name, scenarios.FOREIGN_NAMESPACE)
+        self.log_line(
+            f"foreign job {job.pod} finished (Succeeded): {job.devices} {job.resource} on {job.node} free again",
+            "scenario",
+        )
 
     # --- engines -----------------------------------------------------------------------------------------------
 
@@ -546,6 +670,25 @@ class Sandbox:
             if elsewhere >= min(lost.ready_before, wanted):
                 lost.recovered_after = round(self.elapsed - lost.failed_at, 1)
 
+    def _note_foreign_jobs(self, world: World) -> None:
+        """For each foreign job still holding its node: whether the kubelet refused it, what the operator's
+        status counts as held by others on that node, and the replicas the operator placed meanwhile."""
+        watched = [job for job in self.books.foreign_jobs.values() if job.watched]
+        if not watched:
+            return
+        pods = {(p["metadata"].get("namespace"), p["metadata"]["name"]): p for p in world.pods}
+        held = {cn["metadata"]["name"]: (cn.get("status") or {}).get("heldByOthers") or 0 for cn in world.compute_nodes}
+        ours = world.our_replicas()
+        for job in watched:
+            status = (pods.get((scenarios.FOREIGN_NAMESPACE, job.name)) or {}).get("status") or {}
+            if status.get("phase") == "Failed":
+                words = [str(part) for part in (status.get("reason"), status.get("message")) if part]
+                job.rejected = ": ".join(words) or "Failed"
+                self.log_line(f"warning: the kubelet rejected foreign job {job.pod}: {job.rejected}", "log")
+                continue
+            job.held_seen = max(job.held_seen, held.get(job.node, 0))
+            job.placed.update((uid, nodes) for uid, nodes in ours.items() if uid not in job.ours_before)
+
     # --- views -------------------------------------------------------------------------------------------------
 
     def snapshot(self, world: World) -> Snapshot:
@@ -559,6 +702,7 @@ class Sandbox:
                 devices=cn["spec"]["devices"],
                 used=(cn.get("status") or {}).get("allocatedDevices", 0),
                 ready=ready.get(cn["spec"]["nodeName"], False),
+                others=(cn.get("status") or {}).get("heldByOthers") or 0,
             )
             for cn in world.compute_nodes
         )
@@ -614,6 +758,7 @@ class Sandbox:
             scalings=tuple(self.books.scalings),
             workloads=rows,
             unplaced=unplaced,
+            foreign_jobs=tuple(job.report() for job in self.books.foreign_jobs.values()),
         )
 
     def _mean_tokens(self) -> dict[tuple[str, str], float]:
@@ -638,6 +783,11 @@ def _pod_ready(pod: JsonDict) -> bool:
     conditions = (pod.get("status") or {}).get("conditions") or []
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
     return ready and not pod["metadata"].get("deletionTimestamp")
+
+
+def _managed(pod: JsonDict) -> bool:
+    """The operator's own pod (foreign jobs' are not)."""
+    return (pod["metadata"].get("labels") or {}).get(labels.MANAGED_BY) == labels.MANAGER
 
 
 def _replica_of(pod: JsonDict) -> tuple[str, int]:

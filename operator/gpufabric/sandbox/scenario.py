@@ -1,5 +1,6 @@
 """The scenario file of `gpufabric sandbox`: how long the run lasts, what the simulated clients ask for, and
-the events scripted over time (surges, node failures and recoveries, new nodes, scaling, more objects).
+the events scripted over time (surges, node failures and recoveries, new nodes, scaling, more objects, and
+jobs of others that take a node's devices).
 
 `load_scenario` reads and validates one file; `check_references` then holds its names against the fleet the
 sandbox will load. Every problem is one line, `<file>: <field path>: <problem>`, the path spelt with the keys
@@ -11,6 +12,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TypeAlias, get_args
 
@@ -149,7 +151,26 @@ class Apply(_ScenarioModel):
         return scenario_file.parent / Path(self.file).expanduser()
 
 
-Action: TypeAlias = Surge | FailNode | RecoverNode | AddNodes | Scale | Apply
+class StartForeignJob(_ScenarioModel):
+    """Someone else's job starts on a node: a pod the operator does not manage (not labelled as its own), bound
+    to the ComputeNode's Node (`spec.nodeName`, as kube-scheduler binds) and asking for every device the
+    ComputeNode declares. The operator counts them as held by others and places around them; on a node whose
+    devices are in use already, the kubelet rejects the pod, as a real kubelet's admission does."""
+
+    name: Name  # the pod's name (in the namespace FOREIGN_NAMESPACE), which endForeignJob names
+    node: Name
+
+
+class EndForeignJob(_ScenarioModel):
+    """A job startForeignJob started finishes: its pod Succeeded, and the devices it held are free again."""
+
+    name: Name
+
+
+# Where foreign jobs' pods run: a namespace of their own, as another team's would be.
+FOREIGN_NAMESPACE = "batch"
+
+Action: TypeAlias = Surge | FailNode | RecoverNode | AddNodes | Scale | Apply | StartForeignJob | EndForeignJob
 
 
 def _given_not_null(value: Any) -> Any:
@@ -173,6 +194,8 @@ class Event(_ScenarioModel):
     add_nodes: Annotated[AddNodes | None, NOT_NULL] = None
     scale: Annotated[Scale | None, NOT_NULL] = None
     apply: Annotated[Apply | None, NOT_NULL] = None
+    start_foreign_job: Annotated[StartForeignJob | None, NOT_NULL] = None
+    end_foreign_job: Annotated[EndForeignJob | None, NOT_NULL] = None
     # Where the event was in the file's list: events are kept in time order, messages name them as written.
     _file_index: int = PrivateAttr(default=0)
 
@@ -212,7 +235,16 @@ class Event(_ScenarioModel):
         return self._file_index
 
 
-ACTION_FIELDS = ("surge", "fail_node", "recover_node", "add_nodes", "scale", "apply")
+ACTION_FIELDS = (
+    "surge",
+    "fail_node",
+    "recover_node",
+    "add_nodes",
+    "scale",
+    "apply",
+    "start_foreign_job",
+    "end_foreign_job",
+)
 
 
 def _alias(field_name: str) -> str:
@@ -418,6 +450,18 @@ def _did_you_mean(given: str, known: Collection[str]) -> str:
 # --- names against the fleet -------------------------------------------------------------------------------
 
 
+@dataclass
+class _Timeline:
+    """What exists at an event, as `check_references` follows the events in time order."""
+
+    nodes: set[str]
+    workloads: set[str]
+    added_by: dict[str, Event]  # node name -> the addNodes event that adds it
+    failed: dict[str, Event] = field(default_factory=dict)  # node -> its failNode, until recovered
+    jobs: dict[str, Event] = field(default_factory=dict)  # foreign job -> its startForeignJob
+    ended: dict[str, Event] = field(default_factory=dict)  # foreign job -> its endForeignJob
+
+
 def check_references(
     scenario: Scenario, *, nodes: Collection[str], workloads: Collection[str], where: str
 ) -> list[str]:
@@ -425,18 +469,23 @@ def check_references(
     can run. `nodes` are the ComputeNode names and `workloads` the AgentWorkloads' `namespace/name` the sandbox
     will start with; objects that `apply` events create are the caller's to add (their files are the caller's
     to read, via `Apply.resolved`). Events are followed in time order: a node must exist (or have been added by
-    an earlier addNodes) when an event names it, and a recoverNode needs an earlier failNode of that node.
-    Events at or after `duration` would never happen, so they are problems too."""
+    an earlier addNodes) when an event names it, a recoverNode needs an earlier failNode of that node, and an
+    endForeignJob an earlier startForeignJob of that job (each job's name is used once). Events at or after
+    `duration` would never happen, so they are problems too."""
     problems: list[str] = []
-    known_workloads = set(workloads)
+    timeline = _Timeline(
+        nodes=set(nodes),
+        workloads=set(workloads),
+        added_by={
+            name: event
+            for event in scenario.events
+            if isinstance(event.action, AddNodes)
+            for name in event.action.names
+        },
+    )
     for key in scenario.demand:
-        if key not in known_workloads:
-            problems.append(f"{where}: demand.{key}: {_unknown('AgentWorkload', key, known_workloads)}")
-    added_by = {
-        name: event for event in scenario.events if isinstance(event.action, AddNodes) for name in event.action.names
-    }
-    existing = set(nodes)
-    failed: dict[str, Event] = {}
+        if key not in timeline.workloads:
+            problems.append(f"{where}: demand.{key}: {_unknown('AgentWorkload', key, timeline.workloads)}")
     for event in scenario.events:
         event_path = f"events[{event.file_index}]"
         if event.at >= scenario.duration:
@@ -444,25 +493,31 @@ def check_references(
                 f"{where}: {event_path}.at: must be before the end of the run, duration {_number(scenario.duration)} s "
                 f"(got {_number(event.at)})"
             )
-        for field, problem in _event_problems(event, existing, known_workloads, failed, added_by):
-            problems.append(f"{where}: {event_path}.{event.action_key}.{field}: {problem}")
+        for field_name, problem in _event_problems(event, timeline):
+            problems.append(f"{where}: {event_path}.{event.action_key}.{field_name}: {problem}")
     return problems
 
 
-def _event_problems(
-    event: Event,
-    existing: set[str],
-    workloads: set[str],
-    failed: dict[str, Event],
-    added_by: dict[str, Event],
-) -> Iterator[tuple[str, str]]:
-    """(field, problem) for one event, given the nodes and failures so far; updates them with its effect."""
+def _event_problems(event: Event, timeline: _Timeline) -> Iterator[tuple[str, str]]:
+    """(field, problem) for one event, given the timeline so far; updates it with the event's effect."""
     match event.action:
         case Surge(workload=workload) | Scale(workload=workload):
-            if workload not in workloads:
-                yield "workload", _unknown("AgentWorkload", workload, workloads)
+            if workload not in timeline.workloads:
+                yield "workload", _unknown("AgentWorkload", workload, timeline.workloads)
+        case StartForeignJob() | EndForeignJob():
+            yield from _job_problems(event, timeline)
+        case Apply():
+            pass  # the caller reads the file and checks its objects
+        case _:
+            yield from _node_problems(event, timeline)
+
+
+def _node_problems(event: Event, timeline: _Timeline) -> Iterator[tuple[str, str]]:
+    """A node fails once before it recovers, and exists (or was added earlier) when an event names it."""
+    existing, failed = timeline.nodes, timeline.failed
+    match event.action:
         case FailNode(node=node) | RecoverNode(node=node) if node not in existing:
-            yield "node", _missing_node(node, existing, added_by)
+            yield "node", _missing_node(node, existing, timeline.added_by)
         case FailNode(node=node):
             if node in failed:
                 yield "node", f"{node} has already failed, at {_when(failed[node])}"
@@ -473,13 +528,38 @@ def _event_problems(
                 yield "node", f"{node} has not failed before this event: recoverNode needs an earlier failNode of it"
         case AddNodes(like=like) as adding:
             if like not in existing:
-                yield "like", _missing_node(like, existing, added_by)
+                yield "like", _missing_node(like, existing, timeline.added_by)
             taken = [name for name in adding.names if name in existing]
             if taken:
                 yield "like", f"the new nodes would take names that exist already: {', '.join(taken)}"
             existing.update(adding.names)
-        case Apply():
-            pass  # the caller reads the file and checks its objects
+
+
+def _job_problems(event: Event, timeline: _Timeline) -> Iterator[tuple[str, str]]:
+    """A foreign job starts on a node that exists, under a name of its own (its pod's, as a Job's name is
+    used once); it ends once, after it started."""
+    jobs, ended = timeline.jobs, timeline.ended
+    match event.action:
+        case StartForeignJob(name=name, node=node):
+            if node not in timeline.nodes:
+                yield "node", _missing_node(node, timeline.nodes, timeline.added_by)
+            if name in ended:
+                yield "name", f"foreign job {name} ran already, from {_when(jobs[name])}: give each job its own name"
+            elif name in jobs:
+                yield "name", f"foreign job {name} runs already, since {_when(jobs[name])}"
+            else:
+                jobs[name] = event
+        case EndForeignJob(name=name):
+            if name in ended:
+                yield "name", f"foreign job {name} has ended already, at {_when(ended[name])}"
+            elif name not in jobs:
+                yield (
+                    "name",
+                    f"no foreign job {name} runs before this event: endForeignJob needs an earlier startForeignJob "
+                    "of it",
+                )
+            else:
+                ended[name] = event
 
 
 def _missing_node(node: str, existing: set[str], added_by: dict[str, Event]) -> str:

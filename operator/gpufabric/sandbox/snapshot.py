@@ -18,6 +18,7 @@ class NodeRow:
     devices: int  # declared in the ComputeNode
     used: int  # promised to replicas (the ComputeNode's status)
     ready: bool  # the Kubernetes Node is Ready
+    others: int = 0  # held by pods the operator does not manage (the ComputeNode's status.heldByOthers)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,22 @@ class Scaling:
 
 
 @dataclass(frozen=True)
+class ForeignJobReport:
+    """A job of someone else's that the scenario ran on a node, and how the operator placed around it."""
+
+    pod: str  # "namespace/name"
+    node: str  # the ComputeNode it ran on
+    devices: int  # what it asked for: every device the node declares
+    resource: str  # the device resource it asked for (the ComputeNode's)
+    started_at: float
+    ended_at: float | None  # None: still running when the run ended
+    rejected: str | None  # the kubelet's refusal (the node's devices were in use), else None
+    held_seen: int  # the most the node's ComputeNode status counted as held by others while it ran
+    placed: int  # replicas the operator placed while it ran
+    placed_on_node: int  # of those, on its node
+
+
+@dataclass(frozen=True)
 class Summary:
     elapsed: float
     replicas_per_vendor: dict[str, int]  # Ready replicas per vendor at the end
@@ -82,3 +99,4 @@ class Summary:
     scalings: tuple[Scaling, ...]
     workloads: tuple[WorkloadRow, ...]  # the final rows
     unplaced: tuple[str, ...] = field(default=())  # "namespace/name: why" for workloads never fully placed
+    foreign_jobs: tuple[ForeignJobReport, ...] = field(default=())

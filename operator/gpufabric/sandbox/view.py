@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gpufabric.api.reasons import ConditionReason
-from gpufabric.sandbox.snapshot import LogLine, NodeRow, Recovery, Snapshot, Summary, WorkloadRow
+from gpufabric.sandbox.snapshot import ForeignJobReport, LogLine, NodeRow, Recovery, Snapshot, Summary, WorkloadRow
 from gpufabric.texttable import table
 
 SIMULATION_BANNER = (
@@ -38,6 +38,8 @@ _VENDOR_NAMES = {"nvidia": "NVIDIA", "mthreads": "Moore Threads", "ascend": "Asc
 # A node's bar has one square per device up to this many; bigger nodes are scaled down to it, so one large node
 # does not widen every cell of the grid.
 _BAR_CELLS = 8
+# A device promised to the operator's replicas, held by a pod the operator does not manage, free.
+_OURS, _OTHERS, _FREE = "■", "▨", "□"
 _NOT_READY = "NotReady"
 # The nodes grid: the group label column's widest, and the blanks between it and the cells and between cells.
 _LABEL_WIDTH = 14
@@ -125,8 +127,16 @@ def _nodes_panel(nodes: Sequence[NodeRow]) -> Panel:
     title = Text(f"Nodes {len(nodes) - not_ready}/{len(nodes)} Ready", style="bold")
     if not_ready:
         title.append(f" · {not_ready} {_NOT_READY}", style="bold red")
-    title.append(f" · {sum(n.used for n in nodes):,}/{sum(n.devices for n in nodes):,} devices used")
+    used, others = sum(n.used for n in nodes), sum(n.others for n in nodes)
+    title.append(f" · {used + others:,}/{sum(n.devices for n in nodes):,} devices used")
+    if others:
+        title.append(f" ({others:,} {_OTHERS} by others)", style="magenta")
     return Panel(_NodeGrid(nodes), title=title, title_align="left")
+
+
+def _in_use(node: NodeRow) -> str:
+    """`used/devices`, counting the devices others hold too: the bar shows whose they are."""
+    return f"{node.used + node.others}/{node.devices}"
 
 
 class _NodeGrid:
@@ -144,7 +154,7 @@ class _NodeGrid:
         self.bar_width = max(min(n.devices, _BAR_CELLS) for n in nodes)
         if any(not n.ready for n in nodes):
             self.bar_width = max(self.bar_width, len(_NOT_READY))
-        self.count_width = max(len(f"{n.used}/{n.devices}") for n in nodes)
+        self.count_width = max(len(_in_use(n)) for n in nodes)
         self.label_width = min(_LABEL_WIDTH, max(len(line) for key in self.groups for line in self.label(*key)))
 
     @property
@@ -202,15 +212,17 @@ class _NodeGrid:
         cell.append(node.name.ljust(self.name_width), style="" if node.ready else "bold red")
         cell.append(" ")
         if node.ready:
-            filled, cells = _bar(node.used, node.devices)
-            cell.append("■" * filled, style="yellow" if filled == cells else "green")
-            cell.append("□" * (cells - filled), style="dim")
+            ours, others, cells = _bar(node.used, node.others, node.devices)
+            full = ours + others == cells
+            cell.append(_OURS * ours, style="yellow" if full else "green")
+            cell.append(_OTHERS * others, style="magenta")
+            cell.append(_FREE * (cells - ours - others), style="dim")
             cell.append(" " * (self.bar_width - cells))
         else:
             # In place of the bar, where the eye looks for usage: what the node has is unusable anyway.
             cell.append(_NOT_READY, style="bold white on red")
             cell.append(" " * (self.bar_width - len(_NOT_READY)))
-        cell.append(" " + f"{node.used}/{node.devices}".rjust(self.count_width), style="" if node.ready else "red")
+        cell.append(" " + _in_use(node).rjust(self.count_width), style="" if node.ready else "red")
         return cell
 
 
@@ -218,7 +230,15 @@ def _fit(text: str, width: int) -> str:
     return text.ljust(width) if len(text) <= width else text[: width - 1] + "…"
 
 
-def _bar(used: int, devices: int) -> tuple[int, int]:
+def _bar(ours: int, others: int, devices: int) -> tuple[int, int, int]:
+    """(cells of ours, cells of others', cells) of a node's bar: as `_filled`, with the part others hold (at least
+    one cell when they hold any) taken from the filled cells."""
+    filled, cells = _filled(ours + others, devices)
+    theirs = min(_filled(others, devices)[0], filled)
+    return filled - theirs, theirs, cells
+
+
+def _filled(used: int, devices: int) -> tuple[int, int]:
     """(filled, cells) of a node's usage bar: one cell per device, or scaled to _BAR_CELLS for bigger nodes, where
     partial use never rounds to empty or full (a node with one device free is not full)."""
     used = max(0, min(used, devices))
@@ -346,6 +366,9 @@ def _status_line(snapshot: Snapshot) -> str:
     not_ready = sum(not n.ready for n in snapshot.nodes)
     if not_ready:
         line += f", {not_ready}/{len(snapshot.nodes)} nodes {_NOT_READY}"
+    others = sum(n.others for n in snapshot.nodes)
+    if others:
+        line += f", {_plural(others, 'device')} held by others"
     return line
 
 
@@ -390,6 +413,11 @@ def summary_text(summary: Summary) -> str:
         "RESCHEDULES (replicas lost with a node)", [[_recovery(r)] for r in summary.recoveries], "no replica lost"
     )
     lines += _section(
+        "FOREIGN JOBS (pods the operator does not manage)",
+        [[_foreign_job(job)] for job in summary.foreign_jobs],
+        "no foreign job ran",
+    )
+    lines += _section(
         "AUTOSCALING",
         [[f"at {_seconds(s.at)} {s.workload} {s.before} -> {s.after}: {s.reason}"] for s in summary.scalings],
         "no scaling",
@@ -430,6 +458,19 @@ def _recovery(recovery: Recovery) -> str:
     if recovery.recovered_after is None:
         return f"{lost} not recovered"
     return f"{lost} Ready elsewhere after {_seconds(recovery.recovered_after)}"
+
+
+def _foreign_job(job: ForeignJobReport) -> str:
+    """What the job held and how the operator placed around it (or that the kubelet refused it)."""
+    if job.rejected is not None:
+        return f"{job.pod} on {job.node} at {_seconds(job.started_at)}: rejected by the kubelet ({job.rejected})"
+    until = "the end" if job.ended_at is None else _seconds(job.ended_at)
+    held = f"{job.pod} on {job.node} from {_seconds(job.started_at)} to {until}: held {job.devices} {job.resource}"
+    seen = f"the operator counted {job.held_seen} held by others there"
+    if not job.placed:
+        return f"{held}; {seen} and placed no replica meanwhile"
+    where = str(job.placed_on_node) if job.placed_on_node else "none"
+    return f"{held}; {seen} and placed {_plural(job.placed, 'replica')} meanwhile, {where} on {job.node}"
 
 
 def _workload_rows(workloads: Sequence[WorkloadRow]) -> list[list[str]]:
