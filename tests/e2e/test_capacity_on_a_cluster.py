@@ -210,6 +210,17 @@ def test_replicas_run_where_the_devices_really_are(fleet: Fleet, report: Any) ->
     healthy = fleet.reader.condition(fleet.compute_node("cap-b"), "Healthy")
     assert (healthy["status"], healthy["reason"]) == ("False", "FewerDevicesAdvertised")
     assert fleet.devices("cap-c") == (8, 8, 0, 0)
+    columns = fleet.plane.kubectl("get", "computenodes", *NODES)  # the printer columns, as users see them
+    print(columns)
+    assert columns.split("\n")[0].split()[:7] == [
+        "NAME",
+        "VENDOR",
+        "ACCELERATOR",
+        "DEVICES",
+        "OFFERED",
+        "OURS",
+        "OTHERS",
+    ]
 
     # The training job ends: the second replica goes where it ran.
     ended = time.monotonic()

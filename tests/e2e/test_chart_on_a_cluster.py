@@ -193,8 +193,11 @@ def test_upgrade_to_two_replicas_watching_one_namespace(chart: Chart, report: An
     assert "--namespace=agents" in deployment.spec.template.spec.containers[0].args
     assert "--node-grace=60" in deployment.spec.template.spec.containers[0].args
     rbac_api: Any = client.RbacAuthorizationV1Api(chart.admin)
-    cluster_resources = {r for rule in rbac_api.read_cluster_role(FULLNAME).rules for r in rule.resources}
-    assert "pods" not in cluster_resources, "namespaced rules left cluster-wide after the upgrade"
+    cluster_rules = rbac_api.read_cluster_role(FULLNAME).rules
+    cluster_resources = {r for rule in cluster_rules for r in rule.resources}
+    assert not {"services", "configmaps", "agentworkloads"} & cluster_resources, "namespaced rules left cluster-wide"
+    # Pods stay readable cluster-wide (others' hold devices in every namespace), and only readable.
+    assert {v for rule in cluster_rules if "pods" in rule.resources for v in rule.verbs} == {"list", "watch"}
     role = rbac_api.read_namespaced_role(FULLNAME, WORKLOADS_NAMESPACE)
     assert {"pods", "services", "agentworkloads"} <= {r for rule in role.rules for r in rule.resources}
     policy: Any = client.PolicyV1Api(chart.admin)
