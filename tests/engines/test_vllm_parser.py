@@ -1,0 +1,184 @@
+"""vLLM's own argument parser judges every vLLM command line the operator renders: the golden file's, and a
+hypothesis sweep of placements (tensor and pipeline parallel sizes, precisions, context lengths, names,
+ports, user args). Each must parse, with the values the decision meant. The parser runs in the vLLM tools'
+virtualenv (`make tools`: scripts/fetch_vllm.py), one process for the whole module (tests/support/vllm_judge.py);
+without it the module is skipped with the line that says why."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gpufabric.engines import PROFILES, Engine, Launch, render
+from gpufabric.vendors import Precision, Vendor
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOLS = ROOT / ".tools" / "vllm"
+JUDGE = ROOT / "tests" / "support" / "vllm_judge.py"
+GOLDEN = ROOT / "tests" / "golden" / "command-lines.yaml"
+
+
+class Judge:
+    """The judge process: one JSON line of arguments in, one verdict out."""
+
+    def __init__(self, python: Path) -> None:
+        self.process = subprocess.Popen(
+            [str(python), str(JUDGE)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        hello = self.process.stdout.readline()
+        assert json.loads(hello) == {"ready": True}, hello
+
+    def __call__(self, arguments: list[str]) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        self.process.stdin.write(json.dumps(arguments) + "\n")
+        self.process.stdin.flush()
+        verdict: dict[str, Any] = json.loads(self.process.stdout.readline())
+        return verdict
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def judge() -> Iterator[Judge]:
+    if not (TOOLS / "READY").is_file():
+        why = (TOOLS / "UNAVAILABLE").read_text().strip() if (TOOLS / "UNAVAILABLE").is_file() else "not made"
+        pytest.skip(f"vLLM's parser not available ({why}): `make tools` makes .tools/vllm")
+    running = Judge(TOOLS / "venv" / "bin" / "python")
+    yield running
+    running.close()
+
+
+def serve_arguments(command: list[str], args: list[str]) -> list[str] | None:
+    """What follows `vllm serve` in a rendered container: its args, or the `exec vllm serve ...` of a gang's
+    `bash -c` script; None for a container that does not serve (a gang's worker)."""
+    if command[:2] == ["vllm", "serve"]:
+        return list(args)
+    if command == ["bash", "-c"]:
+        words = shlex.split(args[0])
+        for index in range(len(words) - 1):
+            if words[index : index + 2] == ["vllm", "serve"]:
+                rest = words[index + 2 :]
+                return rest[: rest.index("&&")] if "&&" in rest else rest
+    return None
+
+
+def test_a_wrong_command_line_is_refused_in_vllms_words(judge: Judge) -> None:
+    """The judge can say no: the sweep below would pass vacuously otherwise."""
+    refused = judge(["m", "--dtype", "float8"])
+    assert not refused["ok"]
+    assert "invalid choice: 'float8'" in str(refused["error"])
+    assert not judge(["m", "--tensor-parallel-size", "two"])["ok"]
+    assert not judge(["m", "--no-such-flag"])["ok"]
+
+
+def test_every_golden_vllm_command_line_parses_as_it_reads(judge: Judge) -> None:
+    golden = yaml.safe_load(GOLDEN.read_text(encoding="utf-8"))
+    judged = 0
+    for pool, rendered in golden.items():
+        for pod, container in rendered["pods"].items():
+            arguments = serve_arguments(container["command"], container["args"])
+            if arguments is None:
+                continue
+            verdict = judge(arguments)
+            assert verdict["ok"], f"{pool} {pod}: {verdict}"
+            values = verdict["values"]
+            flags = dict(zip(arguments[1::2], arguments[2::2], strict=False))
+            assert values["model_tag"] == arguments[0], pod
+            assert values["tensor_parallel_size"] == int(flags["--tensor-parallel-size"]), pod
+            assert values["max_model_len"] == int(flags["--max-model-len"]), pod
+            assert values["port"] == int(flags["--port"]), pod
+            assert values["served_model_name"] == [flags["--served-model-name"]], pod
+            judged += 1
+    assert judged >= 8, "the golden file's vLLM pods"
+    print(f"golden vLLM command lines parsed by vLLM's own parser: {judged}")
+
+
+VLLM_VENDORS = sorted(PROFILES[Engine.VLLM].precisions, key=lambda v: v.value)
+NAME = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,40}", fullmatch=True)
+USER_ARGS = st.lists(
+    st.sampled_from(
+        [
+            ("--enable-prefix-caching",),
+            ("--max-num-seqs", "16"),
+            ("--gpu-memory-utilization", "0.85"),
+            ("--kv-cache-memory-bytes", "1G"),
+            ("--max-num-batched-tokens", "8192"),
+            ("--enforce-eager",),
+        ]
+    ),
+    max_size=3,
+    unique=True,
+)
+
+
+@st.composite
+def launches(draw: st.DrawFn) -> Launch:
+    vendor: Vendor = draw(st.sampled_from(VLLM_VENDORS))
+    table = PROFILES[Engine.VLLM].precisions[vendor]
+    precision: Precision = draw(st.sampled_from(sorted(p for p, s in table.items() if not s.needs_checkpoint)))
+    return Launch(
+        model=draw(NAME),
+        from_checkpoint=draw(st.booleans()),
+        served_name=draw(NAME),
+        port=draw(st.integers(1, 65535)),
+        vendor=vendor,
+        precision=precision,
+        devices_per_node=draw(st.sampled_from([1, 2, 4, 8])),
+        nodes=draw(st.integers(1, 4)),
+        rank=0,
+        leader="chat-0-0.chat-0.agents.svc",
+        context_length=draw(st.integers(256, 1_048_576)),
+    )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(launch=launches(), user=USER_ARGS)
+def test_every_placement_renders_a_command_line_vllm_reads_as_meant(
+    judge: Judge, launch: Launch, user: list[tuple[str, ...]]
+) -> None:
+    user_args = tuple(word for flags in user for word in flags)
+    rendered = render(Engine.VLLM, launch, user_args)
+    assert rendered is not None
+    arguments = serve_arguments(list(rendered.command), list(rendered.args))
+    assert arguments is not None
+    verdict = judge(arguments)
+    assert verdict["ok"], f"{launch}: {verdict}"
+    values = verdict["values"]
+    assert values["model_tag"] == launch.model
+    assert values["served_model_name"] == [launch.served_name]
+    assert (values["host"], values["port"]) == ("0.0.0.0", launch.port)
+    assert values["tensor_parallel_size"] == launch.devices_per_node
+    assert values["pipeline_parallel_size"] == launch.nodes
+    assert values["distributed_executor_backend"] == ("ray" if launch.nodes > 1 else None)
+    assert values["max_model_len"] == launch.context_length
+    support = PROFILES[Engine.VLLM].precisions[launch.vendor][launch.precision]
+    flags = (
+        support.checkpoint_flags if launch.from_checkpoint and support.checkpoint_flags is not None else support.flags
+    )
+    meant = dict(zip(flags[::2], flags[1::2], strict=True))
+    assert values["quantization"] == meant.get("--quantization")
+    assert values["dtype"] == meant.get("--dtype", "auto")
+    if ("--kv-cache-memory-bytes", "1G") in user:
+        assert values["kv_cache_memory_bytes"] == 1 << 30
