@@ -17,6 +17,7 @@ Pure: no I/O, nothing above `vendors` imported.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ class PrecisionSupport:
     checkpoint_flags: tuple[str, ...] | None = None
     # only from such a checkpoint: the engine cannot quantize the base weights itself
     needs_checkpoint: bool = False
+    # (engine version, flags): from that release on, `flags` are spelled so (the image tag says the version)
+    renamed: tuple[tuple[tuple[int, ...], tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,9 @@ class Launch:
     rank: int
     leader: str  # rank 0's stable DNS name (the replica's headless Service)
     context_length: int
+    # the engine's release, from its image tag (`vllm/vllm-openai:v0.11.0` -> (0, 11, 0)); None when the
+    # tag does not say (`latest`, a digest)
+    engine_version: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -132,8 +138,14 @@ _VLLM_CUDA = {
     Precision.BF16: PrecisionSupport(flags=VLLM_DTYPE[Precision.BF16]),
     Precision.FP16: PrecisionSupport(flags=VLLM_DTYPE[Precision.FP16]),
     # Online dynamic FP8 from BF16 weights (docs.vllm.ai features/quantization/fp8: `--quantization fp8`); an
-    # FP8 checkpoint carries its own quantization config and needs no flag.
-    Precision.FP8: PrecisionSupport(flags=("--quantization", "fp8"), checkpoint_flags=()),
+    # FP8 checkpoint carries its own quantization config and needs no flag. vLLM 0.32 names online FP8
+    # `fp8_per_tensor` and warns that `fp8` is deprecated for it (vllm/model_executor/model_loader/
+    # weight_utils.py; checked against 0.32.0's parser by tests/engines).
+    Precision.FP8: PrecisionSupport(
+        flags=("--quantization", "fp8"),
+        checkpoint_flags=(),
+        renamed=(((0, 32), ("--quantization", "fp8_per_tensor")),),
+    ),
     # W8A8 INT8 and NVFP4 only from checkpoints (compressed-tensors, ModelOpt): vLLM reads their config.
     Precision.INT8: PrecisionSupport(needs_checkpoint=True),
     Precision.FP4: PrecisionSupport(needs_checkpoint=True),
@@ -291,7 +303,25 @@ def _precision_flags(engine: Engine, launch: Launch) -> tuple[str, ...]:
     support = PROFILES[engine].precisions[launch.vendor][launch.precision]
     if launch.from_checkpoint and support.checkpoint_flags is not None:
         return support.checkpoint_flags
-    return support.flags
+    flags = support.flags
+    for since, spelled in support.renamed:
+        if launch.engine_version is not None and launch.engine_version >= since:
+            flags = spelled
+    return flags
+
+
+_VERSION_TAG = re.compile(r"^v?(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def image_version(image: str) -> tuple[int, ...] | None:
+    """The release an image's tag names: `vllm/vllm-openai:v0.11.0` -> (0, 11, 0), `...:0.32.1-cu128` ->
+    (0, 32, 1); None for `latest`, a digest or no tag (a registry's port is not a tag)."""
+    reference = image.split("@", 1)[0]
+    name, _, tag = reference.rpartition(":")
+    if not name or "/" in tag:
+        return None
+    found = _VERSION_TAG.match(tag)
+    return tuple(int(part) for part in found.groups() if part is not None) if found else None
 
 
 def _vllm(launch: Launch, user_args: tuple[str, ...]) -> Rendered:

@@ -150,6 +150,7 @@ def launches(draw: st.DrawFn) -> Launch:
         rank=0,
         leader="chat-0-0.chat-0.agents.svc",
         context_length=draw(st.integers(256, 1_048_576)),
+        engine_version=draw(st.sampled_from([None, (0, 11, 0), (0, 31, 1), (0, 32, 0), (0, 32), (1, 0, 0)])),
     )
 
 
@@ -177,6 +178,9 @@ def test_every_placement_renders_a_command_line_vllm_reads_as_meant(
     flags = (
         support.checkpoint_flags if launch.from_checkpoint and support.checkpoint_flags is not None else support.flags
     )
+    if not launch.from_checkpoint and launch.engine_version is not None and launch.engine_version >= (0, 32):
+        # vLLM 0.32 renamed online FP8 (the parser above is 0.32's: it takes both spellings)
+        flags = tuple("fp8_per_tensor" if word == "fp8" else word for word in flags)
     meant = dict(zip(flags[::2], flags[1::2], strict=True))
     assert values["quantization"] == meant.get("--quantization")
     assert values["dtype"] == meant.get("--dtype", "auto")

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from gpufabric import engines
-from gpufabric.engines import Engine, Launch
+from gpufabric.engines import Engine, Launch, image_version, render
 from gpufabric.vendors import Precision, Vendor
 
 SINGLE = Launch(
@@ -224,3 +224,32 @@ def test_a_custom_command_line_that_contradicts_the_placement_is_named(
     assert len(found) == len(conflicts), found
     for problem, expected in zip(found, conflicts, strict=True):
         assert expected in problem
+
+
+@pytest.mark.parametrize(
+    ("image", "version"),
+    [
+        ("vllm/vllm-openai:v0.11.0", (0, 11, 0)),
+        ("registry.example.com:5000/vllm/vllm-openai:0.32.1-cu128", (0, 32, 1)),
+        ("lmsysorg/sglang:v0.5.4.post2", (0, 5, 4)),
+        ("vllm/vllm-openai:latest", None),
+        ("vllm/vllm-openai", None),
+        ("registry.example.com:5000/vllm", None),
+        ("vllm/vllm-openai@sha256:0123abcd", None),
+    ],
+)
+def test_the_engine_release_comes_from_the_image_tag(image: str, version: tuple[int, ...] | None) -> None:
+    assert image_version(image) == version
+
+
+def test_online_fp8_is_spelled_as_the_engines_release_spells_it() -> None:
+    fp8 = replace(SINGLE, vendor=Vendor.NVIDIA, precision=Precision.FP8, from_checkpoint=False)
+    spelled = {}
+    for version in (None, (0, 31, 1), (0, 32, 0)):
+        rendered = render(Engine.VLLM, replace(fp8, engine_version=version), ())
+        assert rendered is not None
+        spelled[version] = rendered.args
+    assert "fp8" in spelled[None]
+    assert "fp8" in spelled[(0, 31, 1)]
+    assert "fp8_per_tensor" in spelled[(0, 32, 0)]
+    assert "fp8" not in spelled[(0, 32, 0)]

@@ -273,6 +273,7 @@ def engine_command(workload: AgentWorkload, placement: ReplicaPlacement, rank: i
         rank=rank,
         leader=leader_address(workload, placement.replica),
         context_length=spec.model.context_length,
+        engine_version=engines.image_version(runtime.image),
     )
     return engines.render(runtime.engine, launch, tuple(runtime.args))
 
