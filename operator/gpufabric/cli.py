@@ -41,6 +41,7 @@ MAX_NODE_GRACE_SECONDS = 86_400
 MAX_SANDBOX_SECONDS = 86_400
 # Scraping the engines less often than hourly would learn nothing; more often than each second only loads them.
 MIN_SCRAPE_INTERVAL_SECONDS, MAX_SCRAPE_INTERVAL_SECONDS = 1, 3_600
+MIN_TOKENS_WINDOW_SECONDS, MAX_TOKENS_WINDOW_SECONDS = 5, 3_600
 
 
 def render_crd(definition: dict[str, object]) -> str:
@@ -181,6 +182,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         unschedulable_grace_seconds=args.unschedulable_grace,
         leader_election=not args.no_leader_election,
         scrape=ScrapeSettings(interval=args.scrape_interval),
+        tokens_window=args.tokens_window,
     )
     if args.operator_namespace:
         options.operator_namespace = args.operator_namespace
@@ -466,6 +468,14 @@ def _add_operator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         help="how often every ready replica's engine is scraped for tokens/s, "
         f"{MIN_SCRAPE_INTERVAL_SECONDS} to {MAX_SCRAPE_INTERVAL_SECONDS} (default 15); "
         "throughput is learned once a saturated replica has been seen 10 times",
+    )
+    run.add_argument(
+        "--tokens-window",
+        type=cliargs.number(MIN_TOKENS_WINDOW_SECONDS, MAX_TOKENS_WINDOW_SECONDS, unit="seconds"),
+        default=60.0,
+        metavar="SECONDS",
+        help="tokens/s are averaged over this many seconds of scrapes (status.tokensPerSecond, the autoscaler), "
+        f"{MIN_TOKENS_WINDOW_SECONDS} to {MAX_TOKENS_WINDOW_SECONDS} (default 60)",
     )
     run.add_argument(
         "--no-leader-election", action="store_true", help="skip the Lease (only when exactly one instance runs)"

@@ -11,7 +11,10 @@ resourceVersions and the real scheduler's bindings. It runs in a thread and, eve
   loopback address of its own (127.100.x.y by default) as `podIP`, and (unless `serve_tokens` is off: the
   sandbox runs its own engines) starts an HTTP server there on every container port serving the serving
   engine's token counters (the engine's names) at a rate the test sets;
-* confirms deletions: a terminating pod on a live Node is stopped and removed (grace 0, uid precondition).
+* confirms deletions: a terminating pod on a live Node is stopped and removed (grace 0, uid precondition);
+* with `real_engines`, runs the pods of the workloads it names with a real engine instead of counters
+  (real_engine.py: the rendered command line, at the pod's address): Running at once, Ready once the
+  engine's /health answers, as the rendered readiness probe would.
 
 `recover(node)` brings a failed Node back: Ready again, the taint lifted, heartbeats and pods resumed.
 `fail(node)` makes a Node silent — nothing posted for it, none of its pods started, stopped or confirmed —
@@ -41,6 +44,7 @@ from gpufabric.api.computenode import ComputeNode
 from gpufabric.api.reasons import NODE_LIFECYCLE_NODE_NOT_READY, POD_PHASE_PENDING
 from gpufabric.engines import VLLM, Engine, MetricNames, profile
 from gpufabric.sandbox.nodes import device_plugin_resources
+from gpufabric.sandbox.real_engine import RealEngines
 
 HOSTNAME_LABEL: Final = "kubernetes.io/hostname"
 NODE_ALLOCATABLE: Final = {"cpu": "256", "memory": "2Ti", "pods": "110", "ephemeral-storage": "4Ti"}
@@ -130,6 +134,7 @@ class StandInKubelet:
         heartbeat: float = 10.0,
         serve_tokens: bool = True,
         pod_network: str = "127.100.0.0/16",
+        real_engines: RealEngines | None = None,
     ) -> None:
         self.core: Any = client.CoreV1Api(api_client)
         self.serve_tokens = serve_tokens
@@ -139,6 +144,7 @@ class StandInKubelet:
         self.silent: set[str] = set()
         self.rates: dict[str, TokenRate] = {}  # "namespace/workload" -> rate of each of its pods
         self.engines: dict[str, TokenServer] = {}  # pod uid -> its engine
+        self.real_engines = real_engines
         self.errors: list[str] = []
         self._addresses: dict[str, str] = {}
         self._next_address = ipaddress.IPv4Network(pod_network).network_address + 1
@@ -214,6 +220,8 @@ class StandInKubelet:
         self._thread.join(timeout=10)
         for uid in list(self.engines):
             self._stop_engine(uid)
+        if self.real_engines is not None:
+            self.real_engines.stop_all()
 
     # --- the loop -----------------------------------------------------------------------------------------
 
@@ -254,6 +262,8 @@ class StandInKubelet:
                 continue
             if pod.metadata.deletion_timestamp is not None:
                 self._stop_engine(pod.metadata.uid)
+                if self.real_engines is not None:
+                    self.real_engines.stop(pod.metadata.uid)
                 with contextlib.suppress(ApiException):  # gone already
                     # With a body, the API server reads the options from it alone: the grace period goes there.
                     options = client.V1DeleteOptions(
@@ -262,6 +272,8 @@ class StandInKubelet:
                     self.core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, body=options)
             elif pod.status.phase == POD_PHASE_PENDING:
                 self._start_pod(pod)
+            elif self.real_engines is not None and self.real_engines.warming(pod.metadata.uid):
+                self._ready_when_healthy(pod)
 
     def _start_pod(self, pod: Any) -> None:
         uid = pod.metadata.uid
@@ -269,22 +281,44 @@ class StandInKubelet:
         workload = (pod.metadata.labels or {}).get("gpufabric.io/workload", pod.metadata.name)
         ports = sorted({p.container_port for c in pod.spec.containers for p in c.ports or []})
         key = f"{pod.metadata.namespace}/{workload}"
-        if uid not in self.engines and self.serve_tokens:
+        # A real engine serves this pod: Running now, Ready once it answers (its model loaded).
+        real = self.real_engines is not None and self.real_engines.start(pod, key, address)
+        if not real and uid not in self.engines and self.serve_tokens:
             engine_name = (pod.metadata.annotations or {}).get("gpufabric.io/engine", Engine.CUSTOM.value)
             names = profile(Engine(engine_name)).metrics
             with self._lock:
                 engine = TokenServer(address, ports, self.rates.get(key, TokenRate()), key, names)
             engine.start()
             self.engines[uid] = engine
-        started = now()
         status = {
             "phase": "Running",
             "hostIP": "127.0.0.1",
             "podIP": address,
             "podIPs": [{"ip": address}],
-            "startTime": started,
+            "startTime": now(),
+            **self._running(pod, ready=not real),
+        }
+        self.core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, {"status": status})
+
+    def _ready_when_healthy(self, pod: Any) -> None:
+        assert self.real_engines is not None
+        if self.real_engines.healthy(pod.metadata.uid):
+            patch = {"status": self._running(pod, ready=True)}
+            self.core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, patch)
+            self.real_engines.ready(pod.metadata.uid)
+
+    @staticmethod
+    def _running(pod: Any, *, ready: bool) -> dict[str, Any]:
+        """Conditions and container statuses of a pod whose containers run, ready or not yet."""
+        since = now()
+        readiness = "True" if ready else "False"
+        return {
             "conditions": [
-                {"type": kind, "status": "True", "lastTransitionTime": started}
+                {
+                    "type": kind,
+                    "status": "True" if kind in ("PodReadyToStartContainers", "Initialized") else readiness,
+                    "lastTransitionTime": since,
+                }
                 for kind in ("PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready")
             ],
             "containerStatuses": [
@@ -292,15 +326,14 @@ class StandInKubelet:
                     "name": container.name,
                     "image": container.image,
                     "imageID": "",
-                    "ready": True,
+                    "ready": ready,
                     "started": True,
                     "restartCount": 0,
-                    "state": {"running": {"startedAt": started}},
+                    "state": {"running": {"startedAt": since}},
                 }
                 for container in pod.spec.containers
             ],
         }
-        self.core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, {"status": status})
 
     def _address(self, uid: str) -> str:
         if uid not in self._addresses:
