@@ -289,8 +289,8 @@ def test_a_queue_makes_the_replica_saturated_and_learned(engine: Engine, report:
 
 
 def test_our_reading_of_the_real_page_is_prometheus_clients(engine: Engine) -> None:
-    """The counters and the gauge the operator reads, as prometheus-client reads the same page; the latency
-    histograms on it parse too (their percentiles are the goodput issue's)."""
+    """The counters and the gauge the operator reads, and the latency histograms (time to first token,
+    inter-token), as prometheus-client reads the same real page (their percentiles are the goodput work's)."""
     page = get(f"{engine.url}/metrics")
     families = {family.name: family for family in text_string_to_metric_families(page)}
 
@@ -306,5 +306,14 @@ def test_our_reading_of_the_real_page_is_prometheus_clients(engine: Engine) -> N
     assert ours.waiting == total("vllm:num_requests_waiting")
     for histogram in ("vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds"):
         assert families[histogram].type == "histogram"
-        assert total(histogram, "_count") > 0
+        theirs: dict[tuple[tuple[str, str], ...], dict[float, float]] = {}
+        for sample in families[histogram].samples:
+            if sample.name == histogram + "_bucket":
+                labels = {k: v for k, v in sample.labels.items() if k != "le"}
+                theirs.setdefault(tuple(sorted(labels.items())), {})[float(sample.labels["le"])] = sample.value
+        read = exposition.read_histogram(page, histogram)
+        assert isinstance(read, exposition.Histogram), read
+        assert read.buckets == theirs
+        assert sum(read.count.values()) == total(histogram, "_count") > 0
+        assert sum(read.total.values()) == pytest.approx(total(histogram, "_sum"))
     print(f"real vLLM page: {len(page)} bytes, {len(families)} families")

@@ -1,18 +1,20 @@
 """Scraping real serving-engine pages (tests/throughput/pages, each with its source in SOURCES.md) and pages
 derived from them: each asserts the exact values or rate, and the exact failure reason.
 
-No captured vLLM V1, Ray Serve or TGI page could be found in a repository (see SOURCES.md); vLLM's names are
-covered by the stand-in engines of the integration and e2e suites, which serve vLLM's format."""
+vLLM's page is a real vLLM 0.32 (CPU) page captured here (SOURCES.md); the e2e suite also reads a live one.
+No captured Ray Serve or TGI page could be found in a repository (see SOURCES.md)."""
 
 from __future__ import annotations
 
 import re
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from gpufabric.engines import MINDIE, SGLANG, EngineProfile
+from gpufabric.engines import MINDIE, SGLANG, VLLM, EngineProfile
 from gpufabric.placement import PriorThroughput
 from gpufabric.throughput import Reading, ScrapeProblem, TokenTracker, read
+from gpufabric.throughput.exposition import Histogram, read_histogram
 from gpufabric.vendors import ACCELERATORS
 from support.pages import page, sglang_target, with_engines
 
@@ -28,6 +30,7 @@ def parse(text: str, engine: EngineProfile) -> Reading | ScrapeProblem:
         ("sglang-v0.4-docs.txt", SGLANG, 8_128_902.0, 7_557_572.0, 2826.0),
         ("mindie-ms-coordinator-docs.txt", MINDIE, 9564.0, 84425.0, 0.0),
         ("mindie-server-node-fixture.txt", MINDIE, 78800.0, 80000.0, 0.0),
+        ("vllm-0.32-cpu-tiny.txt", VLLM, 60.0, 384.0, 0.0),
     ],
 )
 def test_real_pages_read_with_the_engines_names(
@@ -119,3 +122,39 @@ def test_a_page_without_the_queue_gauge_is_counted_and_flagged() -> None:
     tracker = TokenTracker(prior=PriorThroughput(dict(ACCELERATORS)))
     tracker.observe(sglang_target(), outcome, 0.0)
     assert tracker.failures == {"missing_gauge": 1}
+
+
+@pytest.mark.parametrize("name", ["vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds"])
+def test_the_latency_histograms_of_a_real_vllm_page_read_as_prometheus_client_reads_them(name: str) -> None:
+    text = page("vllm-0.32-cpu-tiny.txt")
+    (family,) = [f for f in text_string_to_metric_families(text) if f.name == name]
+    theirs: dict[tuple[tuple[str, str], ...], dict[float, float]] = {}
+    counts: dict[tuple[tuple[str, str], ...], float] = {}
+    for sample in family.samples:
+        labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "le"))
+        if sample.name == f"{name}_bucket":
+            theirs.setdefault(labels, {})[float(sample.labels["le"])] = sample.value
+        elif sample.name == f"{name}_count":
+            counts[labels] = sample.value
+    ours = read_histogram(text, name)
+    assert isinstance(ours, Histogram), ours
+    assert ours.buckets == theirs
+    assert ours.count == counts
+    (series,) = ours.buckets.values()
+    assert series[float("inf")] == sum(counts.values()) > 0
+
+
+def test_a_histogram_that_is_not_there_or_broken_is_a_problem_not_an_exception() -> None:
+    text = page("vllm-0.32-cpu-tiny.txt")
+    missing = read_histogram(text, "vllm:no_such_seconds")
+    assert isinstance(missing, ScrapeProblem)
+    assert missing.reason == "missing_counter"
+    broken = text.replace(
+        'vllm:time_to_first_token_seconds_bucket{engine="0",le="0.001"',
+        "vllm:time_to_first_token_seconds_bucket{engine=0,le=",
+        1,
+    )
+    assert broken != text
+    outcome = read_histogram(broken, "vllm:time_to_first_token_seconds")
+    assert isinstance(outcome, ScrapeProblem)
+    assert outcome.reason == "parse_error"

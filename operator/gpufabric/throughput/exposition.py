@@ -193,3 +193,42 @@ def _parse(
         return ScrapeProblem(MISSING_COUNTER, ", ".join(missing) + " not exposed")
     gauge_missing = waiting_gauge is not None and waiting is None
     return Reading(series["prompt"], series["generation"], waiting, gauge_missing)
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """One histogram family's cumulative buckets per series (the labels other than `le`): upper bound ->
+    observations at or below it, and each series' _count and _sum. What latency objectives are read from;
+    percentiles come from bucket increases over a window (the goodput work)."""
+
+    buckets: Mapping[tuple[tuple[str, str], ...], Mapping[float, float]]
+    count: Mapping[tuple[tuple[str, str], ...], float]
+    total: Mapping[tuple[tuple[str, str], ...], float]
+
+
+def read_histogram(text: str, name: str) -> Histogram | ScrapeProblem:
+    """The family `name`'s `_bucket`, `_count` and `_sum` lines, by the same line finder and reader as the
+    counters (a test holds it to prometheus-client's answers on a real vLLM page)."""
+    parts = {f"{name}_bucket": "bucket", f"{name}_count": "count", f"{name}_sum": "sum"}
+    buckets: dict[tuple[tuple[str, str], ...], dict[float, float]] = {}
+    count: dict[tuple[tuple[str, str], ...], float] = {}
+    total: dict[tuple[tuple[str, str], ...], float] = {}
+    try:
+        for sample_name, labels, value in _line_samples(_lines_of(text, tuple(parts))):
+            if not math.isfinite(value) and sample_name != f"{name}_sum":
+                return ScrapeProblem(INVALID_VALUE, f"{sample_name} = {value}")
+            bound = labels.pop("le", None)
+            key = tuple(sorted(labels.items()))
+            if parts[sample_name] == "bucket":
+                if bound is None:
+                    return ScrapeProblem(PARSE_ERROR, f"{sample_name} without le")
+                buckets.setdefault(key, {})[float(bound)] = value
+            elif parts[sample_name] == "count":
+                count[key] = value
+            else:
+                total[key] = value
+    except (ValueError, TypeError) as error:
+        return ScrapeProblem(PARSE_ERROR, str(error)[:200])
+    if not buckets:
+        return ScrapeProblem(MISSING_COUNTER, f"{name} not exposed")
+    return Histogram(buckets, count, total)
