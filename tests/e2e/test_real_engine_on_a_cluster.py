@@ -267,11 +267,11 @@ def test_a_queue_makes_the_replica_saturated_and_learned(engine: Engine, report:
             None,
         )
 
-    worker = threading.Thread(target=client.run, args=(180.0,))  # until learned (stopping), at most 180 s
+    worker = threading.Thread(target=client.run, args=(300.0,))  # until learned (stopping), at most 300 s
     started = time.monotonic()
     worker.start()
     try:
-        value, _ = wait_for("a learned figure for the tiny model on H100", learned, 150, interval=1.0)
+        value, _ = wait_for("a learned figure for the tiny model on H100", learned, 280, interval=1.0)
     except AssertionError as error:
         client.stopping.set()
         worker.join()
