@@ -317,7 +317,7 @@ def _add_sandbox(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--duration",
         type=cliargs.number(1, MAX_SANDBOX_SECONDS, unit="seconds"),
         metavar="SECONDS",
-        help=f"how long to run, 1 to {MAX_SANDBOX_SECONDS} (default: the scenario's)",
+        help=f"how long to run, 1 to {MAX_SANDBOX_SECONDS} (default: the scenario's; at least 180 with --real-engine)",
     )
     sandbox.add_argument(
         "--metrics-port",
@@ -343,6 +343,14 @@ def _add_sandbox(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="N",
         help="seed of the simulated hardware and traffic noise (default 0): the same seed, the same simulation",
     )
+    sandbox.add_argument(
+        "--real-engine",
+        action="store_true",
+        help="also run one workload (agents/tiny-real) whose one replica is a real vLLM CPU process with the "
+        "tiny model from `make tools`, loaded by real clients; the view marks it REAL and the summary sets the "
+        "operator's tokens/s beside the clients' own count. The model takes 40-75 s to load, so without "
+        "--duration the run lasts at least 180 s",
+    )
     sandbox.set_defaults(handler=cmd_sandbox)
 
 
@@ -365,6 +373,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         kubeconfig_out=Path(args.kubeconfig_out) if args.kubeconfig_out else None,
         seed=args.seed,
         control_plane=args.control_plane,
+        real_engine=args.real_engine,
     )
     try:
         inputs = read_inputs(options)

@@ -27,6 +27,7 @@ from gpufabric.controller.run import login_from
 from gpufabric.sandbox.emulator import FabricEmulator, HarnessError, JsonDict
 from gpufabric.sandbox.kubelet import SimulatedKubelet
 from gpufabric.sandbox.nodes import device_plugin_resources, node_labels
+from gpufabric.sandbox.real_engine import RealEngines
 
 
 @dataclass(frozen=True)
@@ -140,11 +141,22 @@ class EmulatedCluster:
 
 @contextlib.asynccontextmanager
 async def emulated(
-    *, seed: int, request_log: int, pod_network: str, ready_after: float, terminate_after: float
+    *,
+    seed: int,
+    request_log: int,
+    pod_network: str,
+    ready_after: float,
+    terminate_after: float,
+    real_engines: RealEngines | None = None,
 ) -> AsyncIterator[EmulatedCluster]:
     async with FabricEmulator(name_seed=seed, request_log_limit=request_log) as api, kmock.Server(api) as server:
         kubelet = SimulatedKubelet(
-            api, interval=0.2, ready_after=ready_after, terminate_after=terminate_after, pod_network=pod_network
+            api,
+            interval=0.2,
+            ready_after=ready_after,
+            terminate_after=terminate_after,
+            pod_network=pod_network,
+            real_engines=real_engines,
         )
         kubelet.start()
         try:
@@ -245,9 +257,10 @@ class RealCluster:
 
 
 @contextlib.asynccontextmanager
-async def real(*, pod_network: str) -> AsyncIterator[RealCluster]:
+async def real(*, pod_network: str, real_engines: RealEngines | None = None) -> AsyncIterator[RealCluster]:
     """etcd, kube-apiserver, kube-scheduler and kube-controller-manager on loopback (about 10 s to start),
-    and the stand-in kubelets; all stopped on the way out, whatever happened."""
+    and the stand-in kubelets (running `real_engines`' pods with real engines); all stopped on the way out,
+    whatever happened."""
     # Imported here: only this mode needs them, and finding the binaries may fail with a clear message.
     from gpufabric.sandbox.controlplane import ControlPlane, find_binaries  # noqa: PLC0415
     from gpufabric.sandbox.standin_kubelet import StandInKubelet  # noqa: PLC0415
@@ -260,7 +273,7 @@ async def real(*, pod_network: str) -> AsyncIterator[RealCluster]:
         plane.start()
         admin = kubernetes.config.new_client_from_config(str(plane.admin_kubeconfig))  # type: ignore[no-untyped-call]
         await asyncio.to_thread(install_crds, admin)
-        kubelet = StandInKubelet(admin, serve_tokens=False, pod_network=pod_network)
+        kubelet = StandInKubelet(admin, serve_tokens=False, pod_network=pod_network, real_engines=real_engines)
         kubelet.start()
         cluster = RealCluster(plane, kubelet)
         try:

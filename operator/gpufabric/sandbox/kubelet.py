@@ -25,6 +25,12 @@ what kube-scheduler and the kubelets would, in the simplest form that still exer
   Terminating, as it does in a cluster until someone force-deletes it.
 * Pods whose node is missing or NotReady make no progress at all.
 
+* With `real_engines` (`gpufabric sandbox --real-engine`), the pods of the workloads it names run a real
+  engine instead (real_engine.py: the rendered command line, at the pod's address), as the stand-in kubelet
+  runs them: Running at once, Ready only once the engine's /health answers (the rendered readiness probe),
+  not after `ready_after`. On a failed node the engine stops (the machine is gone); if the node comes back
+  with the pod still there, it starts again, not Ready until it answers; a deleted pod's engine stops.
+
 Not simulated: CPU/memory/pod-count fit, taints and tolerations, other affinity kinds, node lifecycle
 taints and evictions, pod GC of orphans, restarts, probes, init containers, containers exiting on their own
 (only `finish_pod`).
@@ -42,11 +48,13 @@ import contextlib
 import ipaddress
 import re
 from collections.abc import Mapping
-from types import TracebackType
+from types import SimpleNamespace, TracebackType
 from typing import Any, Final, Self
 
+from gpufabric.api import labels
 from gpufabric.api.reasons import KUBE_SCHEDULER_UNSCHEDULABLE, POD_PHASE_PENDING
 from gpufabric.sandbox.emulator import NODES, PODS, FabricEmulator, HarnessError, JsonDict, now_rfc3339
+from gpufabric.sandbox.real_engine import RealEngines
 
 HOSTNAME_LABEL: Final = "kubernetes.io/hostname"
 DEFAULT_ALLOCATABLE: Final = {"cpu": "64", "memory": "512Gi", "pods": "110"}
@@ -135,6 +143,37 @@ def _meta(obj: Mapping[str, Any]) -> JsonDict:
     return meta
 
 
+def _pod_ready(status: Mapping[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+def workload_key(pod: Mapping[str, Any]) -> str:
+    """`namespace/workload` of one of the operator's pods, as RealEngines names the workloads it runs."""
+    meta = _meta(pod)
+    return f"{meta.get('namespace')}/{(meta.get('labels') or {}).get(labels.WORKLOAD, meta.get('name'))}"
+
+
+def client_pod(pod: Mapping[str, Any]) -> Any:
+    """The fields of a pod RealEngines reads, under the official client's attribute names: it was written for the
+    stand-in kubelet's pods (the client's objects); the emulator's are plain dicts."""
+    meta = _meta(pod)
+    containers = [
+        SimpleNamespace(
+            command=container.get("command"),
+            args=container.get("args"),
+            ports=[
+                SimpleNamespace(name=port.get("name"), container_port=port.get("containerPort"))
+                for port in container.get("ports") or []
+            ],
+        )
+        for container in (pod.get("spec") or {}).get("containers") or []
+    ]
+    return SimpleNamespace(
+        metadata=SimpleNamespace(uid=meta.get("uid"), name=meta.get("name"), namespace=meta.get("namespace")),
+        spec=SimpleNamespace(containers=containers),
+    )
+
+
 class SimulatedKubelet:
     """The kubelets and the hostname-pinning scheduler of a fake cluster, as one asyncio task.
 
@@ -154,8 +193,12 @@ class SimulatedKubelet:
         ready_after: float = 0.1,
         terminate_after: float = 0.1,
         pod_network: str = "10.0.0.0/8",
+        real_engines: RealEngines | None = None,
     ) -> None:
         self.emulator = emulator
+        # Only this kubelet's task starts and stops them; others (the sandbox) read them by single lookups.
+        self.real_engines = real_engines
+        self._probes: dict[str, asyncio.Task[bool]] = {}  # pod uid -> the /health probe in flight or answered
         self.interval = interval
         self.ready_after = ready_after
         self.terminate_after = terminate_after
@@ -180,6 +223,13 @@ class SimulatedKubelet:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        for probe in self._probes.values():
+            probe.cancel()
+        self._probes.clear()
+        if self.real_engines is not None:
+            # In a thread: each engine gets up to 20 s to stop (its process group, SIGKILL after), and the loop
+            # serves the API meanwhile.
+            await asyncio.to_thread(self.real_engines.stop_all)
 
     async def __aenter__(self) -> Self:
         self.start()
@@ -302,6 +352,10 @@ class SimulatedKubelet:
             except HarnessError as error:
                 if error.status not in (404, 409):  # the pod changed or vanished meanwhile: next pass
                     raise
+        if self.real_engines is not None:
+            live = {_meta(pod)["uid"] for pod in pods}
+            for uid in [uid for uid in self.real_engines.running if uid not in live]:
+                await self._stop_real(uid)  # its pod is gone, however it went
 
     async def _sync_pod(
         self, pod: JsonDict, nodes: Mapping[str, JsonDict], used: dict[str, Amounts], now: float
@@ -311,19 +365,22 @@ class SimulatedKubelet:
         candidates = pinned_nodes(pod)
         if not candidates:
             return  # nothing pins it: no scheduler is emulated beyond hostname pinning
+        if spec.get("nodeName") and not node_ready(nodes.get(spec["nodeName"])):
+            await self._stop_real(uid)  # the machine is gone, and a real engine on it with it
         if meta.get("deletionTimestamp"):
             bound = spec.get("nodeName")
             if bound and node_ready(nodes.get(bound)) and uid not in self._force_deleted:
                 since = self._terminating.setdefault(uid, now)
                 if now - since >= self.terminate_after:
                     self._force_deleted.add(uid)
+                    await self._stop_real(uid)
                     await self.emulator.h_delete(PODS, name, namespace=namespace, grace_period_seconds=0)
             return
         if status.get("phase") in ("Succeeded", "Failed"):
             return
         if status.get("phase") == "Running":
             if node_ready(nodes.get(spec.get("nodeName", ""))):
-                await self._progress(pod, now)
+                await (self._progress_real(pod) if self._real(pod) else self._progress(pod, now))
             return
         ready_nodes = [n for n in candidates if node_ready(nodes.get(n))]
         if not ready_nodes:
@@ -405,6 +462,65 @@ class SimulatedKubelet:
         await self.emulator.h_patch(
             PODS, meta["name"], {"status": status}, namespace=meta.get("namespace"), subresource="status"
         )
+        if self.real_engines is not None:
+            # Here, in the loop's own thread: an engine dies with the thread that started it (PR_SET_PDEATHSIG),
+            # so never from a worker thread.
+            self.real_engines.start(client_pod(pod), workload_key(pod), pod_ip)
+
+    # ---- real engines ----------------------------------------------------------------------------------------
+
+    def _real(self, pod: JsonDict) -> bool:
+        return self.real_engines is not None and workload_key(pod) in self.real_engines.workloads
+
+    async def _progress_real(self, pod: JsonDict) -> None:
+        """A real engine's Running pod: Ready once the engine's /health answers; its engine started again (not
+        Ready until it answers) when it is not running, as after its node came back."""
+        assert self.real_engines is not None
+        meta, status = _meta(pod), pod.get("status") or {}
+        uid = meta["uid"]
+        if uid not in self.real_engines.running:
+            self.real_engines.start(client_pod(pod), workload_key(pod), status.get("podIP") or self._pod_ip(uid))
+            if _pod_ready(status):
+                await self._set_ready(pod, ready=False)
+            return
+        if self.real_engines.warming(uid) and self._answered(uid):
+            await self._set_ready(pod, ready=True)
+            self.real_engines.ready(uid)
+
+    def _answered(self, uid: str) -> bool:
+        """Whether the engine's /health has answered, never waiting for it: each probe runs in a thread (it may
+        take its 2 s timeout) while the ticks go on, and its answer is read on a later tick."""
+        assert self.real_engines is not None
+        probe = self._probes.get(uid)
+        if probe is not None and not probe.done():
+            return False
+        if probe is not None and probe.exception() is None and probe.result():
+            del self._probes[uid]
+            return True
+        self._probes[uid] = asyncio.create_task(asyncio.to_thread(self.real_engines.healthy, uid))
+        return False
+
+    async def _stop_real(self, uid: str) -> None:
+        """Stop the pod's real engine, if it runs one: in a thread, as it may take seconds (SIGTERM to its
+        process group, SIGKILL if slow), while the loop serves the API."""
+        if self.real_engines is None or uid not in self.real_engines.running:
+            return
+        probe = self._probes.pop(uid, None)
+        if probe is not None:
+            probe.cancel()
+        await asyncio.to_thread(self.real_engines.stop, uid)
+
+    async def _set_ready(self, pod: JsonDict, *, ready: bool) -> None:
+        meta, status = _meta(pod), pod.get("status") or {}
+        kept = [c for c in status.get("conditions") or [] if c.get("type") not in ("Ready", "ContainersReady")]
+        started_at = status.get("startTime") or now_rfc3339()
+        patch = {
+            "status": {
+                "conditions": [*kept, condition("ContainersReady", ready), condition("Ready", ready)],
+                "containerStatuses": self._container_statuses(pod, ready=ready, started_at=started_at),
+            }
+        }
+        await self.emulator.h_patch(PODS, meta["name"], patch, namespace=meta.get("namespace"), subresource="status")
 
     async def _progress(self, pod: JsonDict, now: float) -> None:
         """A Running pod becomes Ready `ready_after` seconds after it started."""
@@ -415,15 +531,7 @@ class SimulatedKubelet:
             return
         if now - started < self.ready_after:
             return
-        kept = [c for c in conditions if c.get("type") not in ("Ready", "ContainersReady")]
-        started_at = status.get("startTime") or now_rfc3339()
-        patch = {
-            "status": {
-                "conditions": [*kept, condition("ContainersReady", True), condition("Ready", True)],
-                "containerStatuses": self._container_statuses(pod, ready=True, started_at=started_at),
-            }
-        }
-        await self.emulator.h_patch(PODS, meta["name"], patch, namespace=meta.get("namespace"), subresource="status")
+        await self._set_ready(pod, ready=True)
 
     @staticmethod
     def _container_statuses(pod: JsonDict, *, ready: bool, started_at: str) -> list[JsonDict]:

@@ -6,6 +6,10 @@ addresses) and engines, the objects, and the operator — `gpufabric.controller.
 `gpufabric operator` runs it, in a thread with its own event loop. A loop of about twice a second plays the
 scenario's events when they are due, sets every engine's rates from the traffic model, and shows a
 snapshot. At the end (the duration, or Ctrl-C) everything stops in reverse order and the summary is printed.
+
+With `--real-engine` one more workload's one replica runs vLLM's CPU build for real (`real_replica`): its pod's
+engine is started by the simulated kubelet, its load comes from real clients, and the summary sets what the
+operator measured of it beside what the clients counted.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import logging
 import random
 import re
 import socket
+import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -34,6 +39,7 @@ from gpufabric.controller.reconciler import LoopSettings
 from gpufabric.controller.run import Operator, OperatorOptions
 from gpufabric.controller.scraper import ScrapeSettings
 from gpufabric.manifests import Fleet, ManifestError, load
+from gpufabric.sandbox import real_engine, real_replica
 from gpufabric.sandbox import scenario as scenarios
 from gpufabric.sandbox.cluster import (
     AGENT_WORKLOADS,
@@ -47,14 +53,17 @@ from gpufabric.sandbox.cluster import (
     emulated,
     real,
 )
+from gpufabric.sandbox.controlplane import free_port
 from gpufabric.sandbox.emulator import JsonDict
 from gpufabric.sandbox.engines import Counters, Endpoint, EngineFarm
 from gpufabric.sandbox.kubelet import node_ready
 from gpufabric.sandbox.operator_thread import OperatorThread
+from gpufabric.sandbox.real_engine import EngineUnavailableError, RealEngines
 from gpufabric.sandbox.snapshot import (
     ForeignJobReport,
     LogLine,
     NodeRow,
+    RealEngineReport,
     Recovery,
     Scaling,
     Snapshot,
@@ -63,7 +72,7 @@ from gpufabric.sandbox.snapshot import (
 )
 from gpufabric.sandbox.traffic import DEFAULT_UTILISATION, Hardware, Surge, demand_at, serve
 from gpufabric.sandbox.view import Display
-from gpufabric.vendors import Precision
+from gpufabric.vendors import Precision, Vendor
 
 OPERATOR_NAMESPACE = "gpufabric-system"
 # Loopback: every simulated engine listens at its pod's own address (127.100/16 is the e2e suite's kubelet's).
@@ -107,6 +116,7 @@ class SandboxOptions:
     kubeconfig_out: Path | None = None
     seed: int = 0
     control_plane: str = "emulator"  # or "real": kube-apiserver, kube-scheduler, kube-controller-manager
+    real_engine: bool = False  # one replica of one more workload runs vLLM's CPU build (real_replica)
 
 
 @dataclass(frozen=True)
@@ -151,12 +161,24 @@ def read_inputs(options: SandboxOptions) -> Inputs:
                 applied[index] = load([event.action.resolved(options.scenario)])
             except ManifestError as error:
                 problems += error.problems
+    if options.real_engine:
+        fleet, scenario, more, said = _with_real_engine(options, fleet, scenario, applied.values())
+        problems += more
+        notices += said
     known_nodes = {n.name for n in fleet.nodes} | {n.name for f in applied.values() for n in f.nodes}
     known_workloads = {w.key for w in fleet.workloads} | {w.key for f in applied.values() for w in f.workloads}
     problems += scenarios.check_references(
         scenario, nodes=known_nodes, workloads=known_workloads, where=str(options.scenario)
     )
-    duration = scenario.duration
+    problems += _machine_problems(options)
+    if problems:
+        raise SandboxError(problems)
+    return Inputs(fleet, scenario, applied, scenario.duration, tuple(notices))
+
+
+def _machine_problems(options: SandboxOptions) -> list[str]:
+    """What this machine lacks for the options: a free metrics port, the control plane's binaries."""
+    problems = []
     if options.metrics_port is not None and (busy := _port_in_use(options.metrics_port)):
         problems.append(f"--metrics-port {options.metrics_port}: {busy}")
     if options.control_plane == "real":
@@ -166,9 +188,33 @@ def read_inputs(options: SandboxOptions) -> Inputs:
             find_binaries()
         except ControlPlaneUnavailableError as error:
             problems.append(f"--control-plane real: {error}")
-    if problems:
-        raise SandboxError(problems)
-    return Inputs(fleet, scenario, applied, duration, tuple(notices))
+    return problems
+
+
+def _with_real_engine(
+    options: SandboxOptions, fleet: Fleet, scenario: scenarios.Scenario, applied: Iterable[Fleet]
+) -> tuple[Fleet, scenarios.Scenario, list[str], list[str]]:
+    """--real-engine: (the fleet with the real engine's workload, the scenario, problems, notices). The tools must
+    be there (`make tools`) and an NVIDIA node for its replica; without --duration the run lasts long enough for
+    the model to load and the replica to serve a while."""
+    try:
+        # The module's TOOLS read now, not the default bound when tools() was defined: tests point it elsewhere.
+        model = real_engine.tiny_model(real_engine.TOOLS)
+    except EngineUnavailableError as error:
+        return fleet, scenario, [f"--real-engine: {error}"], []
+    problems, notices = [], []
+    nodes = [*fleet.nodes, *(node for more in applied for node in more.nodes)]
+    if not any(node.spec.vendor == Vendor.NVIDIA for node in nodes):
+        problems.append("--real-engine: no NVIDIA ComputeNode in the fleet for the real engine's replica (vLLM)")
+    minimum = real_replica.MIN_DURATION_SECONDS
+    if options.duration is None and scenario.duration < minimum:
+        notices.append(
+            f"--real-engine: running for {minimum:g}s, not the scenario's {scenario.duration:g}s, as vLLM takes "
+            "40-75 s to load the model on two cores (--duration sets another length)"
+        )
+        scenario = scenario.with_duration(minimum)
+    workload = real_replica.real_workload(model, free_port())  # the engine's port: free now, on no fixed number
+    return real_replica.with_workload(fleet, workload), scenario, problems, notices
 
 
 def _port_in_use(port: int) -> str | None:
@@ -323,6 +369,21 @@ class Sandbox:
         self.added_nodes: dict[str, int] = defaultdict(int)
         self.interrupted = False
         self.unservable: set[str] = set()  # pods whose engine could not listen
+        self.real_engines: RealEngines | None = None
+        self.real: real_replica.RealReplica | None = None
+        if options.real_engine:
+            # The engine's output is kept after the run, for whoever wants to read what vLLM said.
+            logs = Path(tempfile.mkdtemp(prefix="gpufabric-sandbox-real-engine-"))
+            venv = real_engine.tools(real_engine.TOOLS) / "venv"  # checked by read_inputs; TOOLS read now
+            self.real_engines = real_replica.NicedEngines(frozenset({real_replica.KEY}), logs, venv)
+            self.real = real_replica.RealReplica(
+                self.real_engines,
+                clock=lambda: self.elapsed,
+                say=lambda text: self.log_line(text, "log" if text.startswith("warning") else "real"),
+                counted=self._operator_count,
+                window=TOKENS_WINDOW_SECONDS,
+                scrape_interval=SCRAPE_INTERVAL_SECONDS,
+            )
 
     @property
     def elapsed(self) -> float:
@@ -333,7 +394,7 @@ class Sandbox:
     async def run(self) -> Summary:
         where: contextlib.AbstractAsyncContextManager[Cluster]
         if self.options.control_plane == "real":
-            where = real(pod_network=POD_NETWORK)
+            where = real(pod_network=POD_NETWORK, real_engines=self.real_engines)
         else:
             where = emulated(
                 seed=self.options.seed,
@@ -341,6 +402,7 @@ class Sandbox:
                 pod_network=POD_NETWORK,
                 ready_after=POD_READY_AFTER_SECONDS,
                 terminate_after=POD_TERMINATE_AFTER_SECONDS,
+                real_engines=self.real_engines,
             )
         async with where as cluster:
             self._cluster = cluster
@@ -358,8 +420,15 @@ class Sandbox:
                         self.interrupted = True
                         self.log_line("interrupted (Ctrl-C): stopping", "scenario")
                         self.display.show(self.snapshot(await self._observe()))
-                return self.summary(await self._observe())
+                world = await self._observe()
+                if self.real is not None:
+                    # The summary's rows are the world as the load ended; the counts once the operator has
+                    # scraped the engine after the clients' last response.
+                    await self.real.finish()
+                return self.summary(world)
             finally:
+                if self.real is not None:
+                    await self.real.close()
                 if self.operator is not None:
                     await self.operator.finish(kill=False)
                 await self.engines.close()
@@ -405,8 +474,24 @@ class Sandbox:
             self._note_operator_events(world)
             self._note_recoveries(world)
             self._note_foreign_jobs(world)
+            if self.real is not None:
+                self.real.tend(world.pods, world.workload_map().get(real_replica.KEY))
             self.display.show(self.snapshot(world))
             await asyncio.sleep(TICK_SECONDS)
+
+    def _operator_count(self) -> float | None:
+        """The operator's own count of the real engine's generated tokens (gpufabric_tokens_total, as the loop
+        last published it for its exporter: an immutable view, safe to read from this thread); None before its
+        first scrape of the engine."""
+        published = self.operator.operator.reconciler.published if self.operator is not None else None
+        if published is None or published.tokens is None:
+            return None
+        found = [
+            value
+            for (namespace, name, _, _, _, kind), value in published.tokens.totals
+            if f"{namespace}/{name}" == real_replica.KEY and kind == "generation"
+        ]
+        return sum(found) if found else None
 
     # --- objects -----------------------------------------------------------------------------------------------
 
@@ -597,6 +682,7 @@ class Sandbox:
         workload = workloads.get(key)
         if (
             workload is None
+            or (self.real is not None and key == real_replica.KEY)  # a real engine listens there
             or pod_labels.get(labels.RANK) != "0"
             or status.get("phase") != "Running"
             or not status.get("podIP")
@@ -693,6 +779,7 @@ class Sandbox:
 
     def snapshot(self, world: World) -> Snapshot:
         ready = {n["metadata"]["name"]: node_ready(n) for n in world.nodes}
+        real_node = self.real.node if self.real is not None and self.real.pod is not None else None
         nodes = tuple(
             NodeRow(
                 name=cn["metadata"]["name"],
@@ -703,6 +790,7 @@ class Sandbox:
                 used=(cn.get("status") or {}).get("allocatedDevices", 0),
                 ready=ready.get(cn["spec"]["nodeName"], False),
                 others=(cn.get("status") or {}).get("heldByOthers") or 0,
+                real=1 if cn["metadata"]["name"] == real_node else 0,  # its one device
             )
             for cn in world.compute_nodes
         )
@@ -713,6 +801,7 @@ class Sandbox:
             workloads=tuple(self._workload_row(w) for w in world.workloads),
             log=tuple(self.books.log[-LOG_WINDOW:]),
             api=self.cluster.description,
+            real_engine=self.real.status_text() if self.real is not None else None,
         )
 
     def _workload_row(self, body: JsonDict) -> WorkloadRow:
@@ -721,6 +810,7 @@ class Sandbox:
         kinds = Counter(f"{p['vendor']}/{p['accelerator']}/{p['precision']}" for p in status.get("placements") or [])
         ready_condition: JsonDict = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
         tokens = status.get("tokensPerSecond") or {}
+        real = self.real is not None and key == real_replica.KEY
         return WorkloadRow(
             namespace=meta["namespace"],
             name=meta["name"],
@@ -729,8 +819,10 @@ class Sandbox:
             placements=tuple(f"{kind} x{count}" for kind, count in sorted(kinds.items())),
             tokens_per_second=tokens.get("generation"),
             target=(spec.get("throughput") or {}).get("targetTokensPerSecond"),
-            demand=self._current_demand(key),
+            # The real engine's demand is its clients': what they got over the operator's window.
+            demand=self.real.demand() if self.real is not None and real else self._current_demand(key),
             phase=ready_condition.get("reason", ConditionReason.PENDING.value),
+            real=real,
         )
 
     def _current_demand(self, key: str) -> float:
@@ -759,7 +851,14 @@ class Sandbox:
             workloads=rows,
             unplaced=unplaced,
             foreign_jobs=tuple(job.report() for job in self.books.foreign_jobs.values()),
+            real_engine=self._real_report(rows),
         )
+
+    def _real_report(self, rows: Sequence[WorkloadRow]) -> RealEngineReport | None:
+        if self.real is None or self.real_engines is None:
+            return None
+        phase = next((r.phase for r in rows if r.real), ConditionReason.PENDING.value)
+        return self.real.report(phase, self.real_engines.logs)
 
     def _mean_tokens(self) -> dict[tuple[str, str], float]:
         """Generation tokens the operator counted (its own gpufabric_tokens_total) over the run, per second."""

@@ -19,6 +19,7 @@ class NodeRow:
     used: int  # promised to replicas (the ComputeNode's status)
     ready: bool  # the Kubernetes Node is Ready
     others: int = 0  # held by pods the operator does not manage (the ComputeNode's status.heldByOthers)
+    real: int = 0  # of `used`, the devices of the replica a real engine serves (`--real-engine`)
 
 
 @dataclass(frozen=True)
@@ -33,13 +34,15 @@ class WorkloadRow:
     target: float | None  # spec.throughput.targetTokensPerSecond
     demand: float  # generation tokens/s the simulated clients ask for now
     phase: str  # the Ready condition's reason, e.g. "Ready", "Unschedulable", "Progressing"
+    real: bool = False  # its replica runs a real engine (`--real-engine`); its demand is the real clients' count
 
 
 @dataclass(frozen=True)
 class LogLine:
     at: float
     text: str  # an event the operator posted ("Placed ...") or one the scenario caused ("node gpu-a-h100-01 failed")
-    # "operator" (its Events), "scenario" (what the scenario did) or "log" (warnings: the operator's, the simulation's)
+    # "operator" (its Events), "scenario" (what the scenario did), "log" (warnings: the operator's, the simulation's)
+    # or "real" (the real engine's progress, with --real-engine)
     source: str = "operator"
 
 
@@ -51,6 +54,7 @@ class Snapshot:
     workloads: tuple[WorkloadRow, ...]
     log: tuple[LogLine, ...]  # the latest lines, oldest first
     api: str = "in-process emulator"  # what serves the Kubernetes API
+    real_engine: str | None = None  # with --real-engine: where the real engine is ("loading the model (23s)")
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,35 @@ class ForeignJobReport:
 
 
 @dataclass(frozen=True)
+class RealEngineReport:
+    """The replica that ran a real engine (`--real-engine`): when it was Ready, what the operator measured of it,
+    and what its clients counted themselves. Times are the run's; None where it did not get that far."""
+
+    workload: str  # "namespace/name"
+    phase: str  # its workload's Ready condition reason at the end
+    log: str  # the engine's output, kept after the run
+    node: str | None = None  # the ComputeNode its pod ran on
+    address: str | None = None  # "ip:port" the engine listened at
+    started_at: float | None = None  # its pod Running: the engine process started
+    ready_at: float | None = None  # its /health answered: the pod Ready
+    exited: str | None = None  # "exited with code 1: <its last line>" when the process ended by itself
+    load_started_at: float | None = None  # the clients' first request (after the operator's first scrape)
+    load_seconds: float = 0.0  # how long the clients sent requests
+    concurrency: int = 0  # requests in flight at once
+    requests: int = 0  # completions the clients received
+    errors: int = 0  # requests that failed
+    last_error: str | None = None
+    client_tokens: int = 0  # generated tokens the clients counted (usage.completion_tokens), over the load
+    operator_tokens: float | None = None  # what the operator's gpufabric_tokens_total grew by over the same
+    measured: float | None = None  # status.tokensPerSecond.generation: the operator's rate, as written
+    measured_at: float | None = None  # when the sandbox saw it written
+    # whether a whole window (and a scrape) of the clients' load lay behind that write: if not, the operator's
+    # window also held samples from before the load, and the two rates cover different spans
+    measured_settled: bool = False
+    client_rate: float | None = None  # the clients' generation tokens/s over the operator's window then
+
+
+@dataclass(frozen=True)
 class Summary:
     elapsed: float
     replicas_per_vendor: dict[str, int]  # Ready replicas per vendor at the end
@@ -100,3 +133,4 @@ class Summary:
     workloads: tuple[WorkloadRow, ...]  # the final rows
     unplaced: tuple[str, ...] = field(default=())  # "namespace/name: why" for workloads never fully placed
     foreign_jobs: tuple[ForeignJobReport, ...] = field(default=())
+    real_engine: RealEngineReport | None = None  # with --real-engine

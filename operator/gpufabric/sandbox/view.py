@@ -21,7 +21,16 @@ from rich.table import Table
 from rich.text import Text
 
 from gpufabric.api.reasons import ConditionReason
-from gpufabric.sandbox.snapshot import ForeignJobReport, LogLine, NodeRow, Recovery, Snapshot, Summary, WorkloadRow
+from gpufabric.sandbox.snapshot import (
+    ForeignJobReport,
+    LogLine,
+    NodeRow,
+    RealEngineReport,
+    Recovery,
+    Snapshot,
+    Summary,
+    WorkloadRow,
+)
 from gpufabric.texttable import table
 
 SIMULATION_BANNER = (
@@ -40,12 +49,18 @@ _VENDOR_NAMES = {"nvidia": "NVIDIA", "mthreads": "Moore Threads", "ascend": "Asc
 _BAR_CELLS = 8
 # A device promised to the operator's replicas, held by a pod the operator does not manage, free.
 _OURS, _OTHERS, _FREE = "■", "▨", "□"
+# A device of the replica a real engine serves (--real-engine), and the tag on its workload's name: the one
+# thing in the view that is not simulated, marked where the eye looks for it.
+_REAL, REAL_TAG = "◆", "REAL"
 _NOT_READY = "NotReady"
 # The nodes grid: the group label column's widest, and the blanks between it and the cells and between cells.
 _LABEL_WIDTH = 14
 _GAP = 3
 # The workloads table's names column, narrowest before the view gives up on a table.
 _NAME_WIDTH = 20
+
+# Log lines' sources other than the scenario's (magenta, the whole line): the real engine's progress in its colour.
+_SOURCE_STYLES = {"real": "bold cyan"}
 
 # The Ready condition's reasons (the phase column) that deserve a colour.
 _PHASE_STYLES = {
@@ -95,6 +110,10 @@ def _placements(row: WorkloadRow) -> str:
     return ", ".join(row.placements) if row.placements else "—"
 
 
+def _name(row: WorkloadRow) -> str:
+    return f"{row.namespace}/{row.name}" + (f" {REAL_TAG}" if row.real else "")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Live view
 
@@ -117,6 +136,10 @@ def _header(snapshot: Snapshot) -> Text:
     text.append(" · API: ")
     text.append(snapshot.api, style="cyan")
     text.append(f" · {ready:,}/{replicas:,} replicas ready · {_rate(tokens)} tok/s")
+    if snapshot.real_engine is not None:
+        text.append("\n")
+        text.append(f"{_REAL} {REAL_TAG} ", style="bold cyan")
+        text.append(f"engine (vLLM CPU, tiny model): {snapshot.real_engine}", style="cyan")
     return text
 
 
@@ -131,6 +154,8 @@ def _nodes_panel(nodes: Sequence[NodeRow]) -> Panel:
     title.append(f" · {used + others:,}/{sum(n.devices for n in nodes):,} devices used")
     if others:
         title.append(f" ({others:,} {_OTHERS} by others)", style="magenta")
+    if any(n.real for n in nodes):
+        title.append(f" · {_REAL} {REAL_TAG}", style="bold cyan")  # short: the title shares 80 columns
     return Panel(_NodeGrid(nodes), title=title, title_align="left")
 
 
@@ -214,7 +239,9 @@ class _NodeGrid:
         if node.ready:
             ours, others, cells = _bar(node.used, node.others, node.devices)
             full = ours + others == cells
-            cell.append(_OURS * ours, style="yellow" if full else "green")
+            real = min(node.real, ours)  # the real engine's device first, in place of one of ours
+            cell.append(_REAL * real, style="bold cyan")
+            cell.append(_OURS * (ours - real), style="yellow" if full else "green")
             cell.append(_OTHERS * others, style="magenta")
             cell.append(_FREE * (cells - ours - others), style="dim")
             cell.append(" " * (self.bar_width - cells))
@@ -270,7 +297,7 @@ class _Workloads:
             return
         narrow = self.table(wide=False)
         # What the numbers take (they never wrap); the names get the rest, and need a readable share of it.
-        names = max(len(line) for w in self.workloads for line in [f"{w.namespace}/{w.name}", *w.placements])
+        names = max(len(line) for w in self.workloads for line in [_name(w), *w.placements])
         numbers = Measurement.get(console, unbounded, narrow).maximum - names
         if options.max_width - numbers >= min(names, _NAME_WIDTH):
             yield narrow
@@ -282,6 +309,8 @@ class _Workloads:
         yield Text("WORKLOADS", style="bold")
         for row in self.workloads:
             line = Text(f"{row.namespace}/{row.name} ", overflow="fold")
+            if row.real:
+                line.append(f"{REAL_TAG} ", style="bold cyan")
             line.append(f"{row.ready}/{row.replicas}", style=self.ready_style(row))
             line.append(" ")
             line.append(row.phase, style=_PHASE_STYLES.get(row.phase, "yellow"))
@@ -307,6 +336,8 @@ class _Workloads:
         grid.add_column("PHASE", no_wrap=True)
         for row in self.workloads:
             name = Text(f"{row.namespace}/{row.name}")
+            if row.real:
+                name.append(f" {REAL_TAG}", style="bold cyan")
             placements = Text("\n".join(row.placements) if row.placements else "—", style="dim")
             if not wide:
                 # Indented under the name they belong to; nothing for none (the PHASE column says why).
@@ -347,7 +378,7 @@ def _log_panel(log: Sequence[LogLine]) -> Panel:
         # plain output and the operator's Kubernetes events keep the whole text.
         row = Text(no_wrap=True, overflow="ellipsis")
         row.append(f"{line.at:6,.1f}s ", style="dim")
-        row.append(f"{line.source:<8} ", style="bold magenta" if scenario else "blue")
+        row.append(f"{line.source:<8} ", style="bold magenta" if scenario else _SOURCE_STYLES.get(line.source, "blue"))
         row.append(line.text, style="magenta" if scenario else "")
         rows.append(row)
     return Panel(Group(*rows), title=f"Events (last {len(lines)})", title_align="left")
@@ -369,6 +400,8 @@ def _status_line(snapshot: Snapshot) -> str:
     others = sum(n.others for n in snapshot.nodes)
     if others:
         line += f", {_plural(others, 'device')} held by others"
+    if snapshot.real_engine is not None:
+        line += f", {REAL_TAG} engine: {snapshot.real_engine}"
     return line
 
 
@@ -382,7 +415,7 @@ def plain_lines(snapshot: Snapshot) -> list[str]:
     # Placements last: the longest and most variable column would push the others far right.
     rows = [
         [
-            f"{w.namespace}/{w.name}",
+            _name(w),
             f"{w.ready}/{w.replicas}",
             f"{_throughput(w)} tok/s" + (" BELOW TARGET" if _below_target(w) else ""),
             f"demand {_rate(w.demand)}",
@@ -424,6 +457,13 @@ def summary_text(summary: Summary) -> str:
     )
     lines += _section("WORKLOADS", _workload_rows(summary.workloads), "no workloads")
     lines += _section("UNPLACED", [[u] for u in summary.unplaced], "every workload was fully placed")
+    if summary.real_engine is not None:
+        lines += [
+            f"{REAL_TAG} ENGINE (vLLM's CPU build, the tiny model: not simulated; the operator's figures beside its "
+            "clients' own)",
+            *(f"  {line}" for line in real_engine_lines(summary.real_engine, summary.elapsed)),
+            "",
+        ]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -473,6 +513,62 @@ def _foreign_job(job: ForeignJobReport) -> str:
     return f"{held}; {seen} and placed {_plural(job.placed, 'replica')} meanwhile, {where} on {job.node}"
 
 
+def real_engine_lines(real: RealEngineReport, ended_at: float) -> list[str]:
+    """Where the real engine ran and when it was Ready; then, once its clients ran, the operator's tokens/s and
+    count beside the clients' own; its log. Or, in a line, how far it got."""
+    where = f" on {real.node}" + (f" at {real.address}" if real.address else "") if real.node else ""
+    log = f"its log: {real.log}"
+    if real.started_at is None:
+        return [f"{real.workload}: its replica never ran ({real.phase}): no tokens measured", log]
+    started = f"{real.workload}: one replica{where}, started at {_seconds(real.started_at)}"
+    if real.exited is not None:
+        return [f"{started}; the engine {real.exited}: see its log", log]
+    if real.ready_at is None:
+        return [
+            f"{started}: NOT READY when the run ended, still loading the model after "
+            f"{_seconds(ended_at - real.started_at)} (vLLM takes 40-75 s here): no tokens measured; run longer",
+            log,
+        ]
+    lines = [f"{started}, Ready at {_seconds(real.ready_at)} ({_seconds(real.ready_at - real.started_at)} to load)"]
+    if real.load_started_at is None:
+        return [*lines, "the operator had not scraped it yet when the run ended: no tokens measured", log]
+    return [*lines, _real_rate(real), _real_count(real), log]
+
+
+def _apart(a: float, b: float) -> str:
+    return f"{abs(a - b) / b:.1%} apart" if b else "nothing to compare"
+
+
+def _real_rate(real: RealEngineReport) -> str:
+    if real.measured is None or real.measured_at is None:
+        return "tokens/s: the operator wrote no tokens/s into the workload's status while the clients ran"
+    measured = (
+        f"tokens/s: the operator measured {_rate(real.measured)} (status.tokensPerSecond.generation, written at "
+        f"{_seconds(real.measured_at)}, over its window)"
+    )
+    if real.client_rate is None:
+        return measured
+    apart = _apart(real.measured, real.client_rate)
+    if not real.measured_settled and real.load_started_at is not None:
+        # Its window then reached back before the load began: the operator's rate is diluted, the clients' not.
+        into = _seconds(real.measured_at - real.load_started_at)
+        apart += f"; written {into} into the load, less than a window of it, so the two cover different spans"
+    return f"{measured}; the clients counted {_rate(real.client_rate)} over that window ({apart})"
+
+
+def _real_count(real: RealEngineReport) -> str:
+    clients = (
+        f"the clients {real.client_tokens:,} ({_plural(real.requests, 'completion')}, {real.concurrency} at a time "
+        f"for {_seconds(real.load_seconds)}; {_plural(real.errors, 'error')}"
+        + (f", the last {real.last_error}" if real.errors and real.last_error else "")
+        + ")"
+    )
+    if real.operator_tokens is None:
+        return f"generated tokens: the operator's count is unknown; {clients}"
+    operator = f"generated tokens: the operator counted {real.operator_tokens:,.0f} (gpufabric_tokens_total)"
+    return f"{operator}, {clients} ({_apart(real.operator_tokens, real.client_tokens)})"
+
+
 def _workload_rows(workloads: Sequence[WorkloadRow]) -> list[list[str]]:
     if not workloads:
         return []
@@ -481,7 +577,7 @@ def _workload_rows(workloads: Sequence[WorkloadRow]) -> list[list[str]]:
         header,
         *(
             [
-                f"{w.namespace}/{w.name}",
+                _name(w),
                 f"{w.ready}/{w.replicas}",
                 _placements(w),
                 "—" if w.tokens_per_second is None else _rate(w.tokens_per_second),
