@@ -54,6 +54,8 @@ class Scraper:
         self._warned_gauge: set[ObjectRef] = set()
         # pods whose last scrape failed, with why (their problems are logged when they change)
         self._failing: dict[ObjectRef, str] = {}
+        # pod -> when its page's answer began, in this round
+        self._answered: dict[ObjectRef, float] = {}
 
     def targets(self) -> list[ScrapeTarget]:
         """Rank 0 of every ready replica of every valid workload."""
@@ -109,7 +111,10 @@ class Scraper:
             async with gate:
                 outcome = await self.fetch(session, target)
             self._log_change(target, outcome)
-            self.tracker.observe(target, outcome, time.monotonic())
+            # The page's time is when its answer began (the engine renders it just before), not when it was
+            # read and parsed: an engine busy serving answers /metrics seconds late, and rates over spans
+            # timed by the end of each read were off by that much (12 % over 20 s, seen with a real vLLM).
+            self.tracker.observe(target, outcome, self._answered.pop(target.pod, time.monotonic()))
 
         await asyncio.gather(*(one(t) for t in targets))
         self.tracker.forget_missing(t.pod for t in targets)
@@ -136,6 +141,7 @@ class Scraper:
         url = self.url_for(target)
         try:
             async with session.get(url, headers={"Accept": ACCEPT}) as response:
+                self._answered[target.pod] = time.monotonic()
                 if response.status != 200:
                     return ScrapeProblem(HTTP_ERROR, f"HTTP {response.status}")
                 body = await read_capped(response, self.settings.max_body_bytes)
